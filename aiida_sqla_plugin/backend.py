@@ -1,0 +1,72 @@
+"""The backend object a host gets for a profile: sessions, managers and transactions in one place."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, scoped_session
+
+from . import session as session_module
+from .manager import SqlaBackendManager
+from .profile import ProfileLike
+from .queries import SqlaQueryManager
+from .settings import SqlaSettingsManager
+
+__all__ = ("SqlaBackend", "get_backend")
+
+
+class SqlaBackend:
+    """Storage backend of one profile."""
+
+    def __init__(self, profile: ProfileLike) -> None:
+        self.profile = profile
+
+    def __repr__(self) -> str:
+        return f"<SqlaBackend profile={self.profile.name!r}>"
+
+    @property
+    def engine(self) -> Engine:
+        """The profile's engine."""
+        return session_module.get_engine(self.profile)
+
+    @property
+    def session_factory(self) -> scoped_session[Session]:
+        """The profile's scoped session registry (looked up anew, so it follows :func:`reset_session`)."""
+        return session_module.get_session_factory(self.profile)
+
+    def get_session(self) -> Session:
+        """The current thread's session."""
+        return self.session_factory()
+
+    @property
+    def backend_manager(self) -> SqlaBackendManager:
+        return SqlaBackendManager(self.profile)
+
+    @property
+    def settings(self) -> SqlaSettingsManager:
+        return SqlaSettingsManager(self.profile)
+
+    @property
+    def query_manager(self) -> SqlaQueryManager:
+        return SqlaQueryManager(self)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """Commit the block's work on success, roll it back on error; nested use makes savepoints."""
+        session = self.get_session()
+        if session.in_transaction():
+            with session.begin_nested():
+                yield session
+        else:
+            with session.begin():
+                yield session
+
+    def close(self) -> None:
+        """Close this thread's session (the engine stays, for other threads)."""
+        self.session_factory.remove()
+
+
+def get_backend(backend: SqlaBackend | None = None) -> SqlaBackend:
+    """``backend``, or the backend of the current profile."""
+    return backend if backend is not None else SqlaBackend(session_module.get_current_profile())

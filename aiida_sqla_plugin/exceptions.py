@@ -1,0 +1,40 @@
+"""Exceptions raised by the storage backend; all derive from :class:`AiidaSqlaError`."""
+from __future__ import annotations
+
+__all__ = (
+    "AiidaSqlaError",
+    "ConfigurationError",
+    "DatabaseMigrationError",
+    "IncompatibleDatabaseSchema",
+    "NotExistent",
+    "UnreachableStorage",
+    "ValidationError",
+)
+
+
+class AiidaSqlaError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class NotExistent(AiidaSqlaError):
+    """A requested entity (setting, node, profile, table) does not exist."""
+
+
+class ValidationError(AiidaSqlaError, ValueError):
+    """An argument or value failed validation; nothing was written."""
+
+
+class ConfigurationError(AiidaSqlaError):
+    """A profile or its storage configuration is incomplete or wrong."""
+
+
+class UnreachableStorage(AiidaSqlaError):
+    """The database named by a profile cannot be reached."""
+
+
+class IncompatibleDatabaseSchema(AiidaSqlaError):
+    """The database schema does not match the schema this code expects."""
+
+
+class DatabaseMigrationError(AiidaSqlaError):
+    """A migration could not be carried out; the database was left unchanged."""

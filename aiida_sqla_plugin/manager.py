@@ -1,0 +1,283 @@
+"""Schema management of a profile's database: versions, validation and migration (AiiDA 1.x contract)."""
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext, MigrationInfo
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import inspect
+from sqlalchemy.engine import Connection
+
+from . import session as session_module
+from .exceptions import DatabaseMigrationError, IncompatibleDatabaseSchema, NotExistent, ValidationError
+from .models import Base, DbSetting, dialect_insert, utc_now
+from .profile import ProfileLike
+from .settings import Setting, SqlaSettingsManager
+
+__all__ = ("SCHEMA_GENERATION_CODE", "Setting", "SqlaBackendManager", "SqlaSettingsManager")
+
+#: Generation of the schema this code writes; bumped only when migrations are squashed.
+SCHEMA_GENERATION_CODE = "1"
+#: Setting that holds the database's schema generation.
+SCHEMA_GENERATION_KEY = "schema_generation"
+GENERATION_DESCRIPTION = "generation of the database schema"
+#: For each generation, the revision a database must have reached before it can be reset to it.
+SCHEMA_VERSION_RESET = {"1": "main_0002"}
+#: Key of the PostgreSQL advisory lock that serialises migrations of one database.
+MIGRATION_LOCK_KEY = 0x41_69_69_44_41_53_51_4C  # "AiiDASQL"
+
+RevisionCallback = Callable[[str | None, str], None]
+
+
+def migrations_directory() -> str:
+    """Where the installed alembic tree lives."""
+    return str(importlib.resources.files("aiida_sqla_plugin.migrations"))
+
+
+def new_alembic_config() -> Config:
+    """An alembic :class:`Config` pointing at the installed migrations, with no connection attached."""
+    config = Config()
+    config.set_main_option("script_location", migrations_directory())
+    return config
+
+
+class SqlaBackendManager:
+    """Manage schema versions and migrations of ``profile`` (default: the current profile)."""
+
+    def __init__(self, profile: ProfileLike | None = None) -> None:
+        self._profile = profile
+
+    @property
+    def profile(self) -> ProfileLike:
+        return self._profile or session_module.get_current_profile()
+
+    # -- environment -------------------------------------------------------------------------------------
+
+    def get_settings_manager(self) -> SqlaSettingsManager:
+        """The settings manager of the same database."""
+        return SqlaSettingsManager(self._profile)
+
+    def load_backend_environment(self, profile: ProfileLike, validate_schema: bool = True, **kwargs: Any) -> None:
+        """Make ``profile`` current, check that its database answers and, by default, that its schema fits."""
+        self._profile = profile
+        self._load_backend_environment(**kwargs)
+        if validate_schema:
+            self.validate_schema(profile)
+
+    def _load_backend_environment(self, **kwargs: Any) -> None:
+        session_module.reset_session(self.profile)
+        session_module.check_connection(self.profile)
+
+    def reset_backend_environment(self) -> None:
+        """Close this profile's sessions and engine; the next use builds new ones."""
+        session_module.reset_session(self.profile)
+
+    # -- versions ----------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def alembic_config(self, connection: Connection | None = None) -> Iterator[Config]:
+        """Yield an alembic Config whose ``attributes['connection']`` is a live connection in a transaction.
+
+        The transaction commits when the block ends without an error and rolls back otherwise.
+        """
+        config = new_alembic_config()
+        if connection is not None:
+            config.attributes["connection"] = connection
+            yield config
+            return
+        with session_module.get_engine(self.profile).begin() as new_connection:
+            config.attributes["connection"] = new_connection
+            yield config
+
+    @staticmethod
+    def _script() -> ScriptDirectory:
+        return ScriptDirectory.from_config(new_alembic_config())
+
+    def get_schema_version_code(self) -> str:
+        """The head revision of the migrations shipped with this code."""
+        head = self._script().get_current_head()
+        assert head is not None, "the migrations folder has no revision"
+        return head
+
+    def get_schema_version_reset(self, schema_generation_code: str) -> str:
+        """The revision a database must have reached to be reset to ``schema_generation_code``."""
+        try:
+            return SCHEMA_VERSION_RESET[schema_generation_code]
+        except KeyError:
+            raise ValidationError(
+                f"unknown schema generation {schema_generation_code!r}; known: {', '.join(SCHEMA_VERSION_RESET)}"
+            ) from None
+
+    @staticmethod
+    def _database_revision(connection: Connection) -> str | None:
+        return MigrationContext.configure(connection).get_current_revision()
+
+    def get_schema_version_database(self) -> str | None:
+        """The revision stamped in the database, or None when it was never initialised."""
+        with session_module.get_engine(self.profile).connect() as connection:
+            return self._database_revision(connection)
+
+    def set_schema_version_database(self, version: str) -> None:
+        """Stamp ``version`` without running migrations; an unknown revision changes nothing."""
+        self._require_known_revision(version)
+        with self.alembic_config() as config:
+            command.stamp(config, version, purge=True)
+
+    def _require_known_revision(self, version: str) -> None:
+        try:
+            known = self._script().get_revision(version)
+        except CommandError as error:
+            known, reason = None, str(error)
+        else:
+            reason = "no such revision"
+        if known is None:
+            raise DatabaseMigrationError(
+                f"cannot stamp revision {version!r} ({reason}); known revisions: {', '.join(self._known_revisions())}"
+            )
+
+    def _known_revisions(self) -> list[str]:
+        return [script.revision for script in self._script().walk_revisions()]
+
+    def is_database_schema_ahead(self) -> bool:
+        """True only when the database holds a revision this code does not know."""
+        version = self.get_schema_version_database()
+        return version is not None and version not in self._known_revisions()
+
+    def get_schema_generation_database(self) -> str:
+        """The database's schema generation (setting ``schema_generation``, ``'1'`` when absent)."""
+        try:
+            return str(self.get_settings_manager().get(SCHEMA_GENERATION_KEY).value)
+        except NotExistent:
+            return "1"
+
+    def set_schema_generation_database(self, generation: str) -> None:
+        """Record the database's schema generation."""
+        self.get_settings_manager().set(SCHEMA_GENERATION_KEY, generation, GENERATION_DESCRIPTION)
+
+    # -- validation --------------------------------------------------------------------------------------
+
+    def validate_schema(self, profile: ProfileLike | None = None) -> None:
+        """Raise :class:`IncompatibleDatabaseSchema` with the fix unless the database matches this code."""
+        if profile is not None:
+            self._profile = profile
+        name = self.profile.name
+        version_database = self.get_schema_version_database()
+        version_code = self.get_schema_version_code()
+        if version_database is None:
+            raise IncompatibleDatabaseSchema(
+                f"Profile {name!r}: the database is not initialised (code schema {version_code}); "
+                f"run 'aiida-sqla -p {name} storage migrate' or SqlaBackendManager.migrate()."
+            )
+        if self.is_database_schema_ahead():
+            raise IncompatibleDatabaseSchema(
+                f"Profile {name!r}: the database schema {version_database} is ahead of this code ({version_code}); "
+                "upgrade aiida-sqla-plugin to a version that knows it (pip install -U aiida-sqla-plugin)."
+            )
+        if version_database != version_code:
+            raise IncompatibleDatabaseSchema(
+                f"Profile {name!r}: the database schema {version_database} is behind the code ({version_code}); "
+                f"back up the database, then run 'aiida-sqla -p {name} storage migrate'."
+            )
+        generation = self.get_schema_generation_database()
+        if generation != SCHEMA_GENERATION_CODE:
+            raise IncompatibleDatabaseSchema(
+                f"Profile {name!r}: database schema generation {generation} does not match the code's "
+                f"({SCHEMA_GENERATION_CODE}); use the aiida-sqla-plugin release that wrote this database."
+            )
+
+    # -- migration ---------------------------------------------------------------------------------------
+
+    def migrate(self, on_revision: RevisionCallback | None = None) -> list[str]:
+        """Bring the database to the code's head revision and return the revisions applied.
+
+        A new database is built with ``create_all`` and stamped; an older one is upgraded revision by revision,
+        each in its own transaction on PostgreSQL. Concurrent migrations of one database are serialised (an
+        advisory lock on PostgreSQL, one immediate transaction on SQLite). Never downgrades.
+        """
+        session_module.check_connection(self.profile)
+        return self._migrate_database_version(on_revision)
+
+    def _migrate_database_version(self, on_revision: RevisionCallback | None = None) -> list[str]:
+        engine = session_module.get_engine(self.profile)
+        applied: list[str] = []
+
+        def record(*, step: MigrationInfo, **_: Any) -> None:
+            applied.append(step.up_revision_id or "")
+            if on_revision is not None:
+                on_revision(step.down_revision_ids[0] if step.down_revision_ids else None, step.up_revision_id or "")
+
+        if engine.dialect.name == "sqlite":
+            options = {session_module.SQLITE_BEGIN_OPTION: "IMMEDIATE"}
+            with engine.connect().execution_options(**options) as connection, connection.begin():
+                self._migrate_locked(connection, record)
+        else:
+            with engine.connect() as connection:
+                connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")
+                connection.commit()
+                try:
+                    self._migrate_locked(connection, record)
+                finally:
+                    connection.rollback()
+                    connection.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")
+                    connection.commit()
+        return applied
+
+    def _migrate_locked(self, connection: Connection, record: Callable[..., None]) -> None:
+        """Migrate while holding the migration lock; ``connection`` may already be in a transaction (SQLite)."""
+        outer_transaction = connection.in_transaction()
+        head = self.get_schema_version_code()
+        current = self._database_revision(connection)
+        existing = set(inspect(connection).get_table_names()) & set(Base.metadata.tables)
+        if not outer_transaction:
+            connection.commit()  # so that alembic runs each revision in a transaction of its own
+        if current is None:
+            if existing:
+                raise DatabaseMigrationError(
+                    f"Profile {self.profile.name!r}: the database has tables ({', '.join(sorted(existing))}) but no "
+                    "schema revision, so it was not created by aiida-sqla-plugin; use an empty database, or stamp "
+                    "its revision with 'aiida-sqla alembic stamp REVISION' if you know it."
+                )
+            with contextlib.nullcontext() if outer_transaction else connection.begin():
+                self._create_schema(connection, head)
+            record(step=_NewDatabaseStep(head))
+            return
+        if current not in self._known_revisions():
+            raise IncompatibleDatabaseSchema(
+                f"Profile {self.profile.name!r}: the database schema {current} is ahead of this code ({head}); "
+                "refusing to migrate (never downgrades); upgrade aiida-sqla-plugin."
+            )
+        if current == head:
+            return
+        config = new_alembic_config()
+        config.attributes["connection"] = connection
+        config.attributes["on_version_apply"] = record
+        try:
+            command.upgrade(config, "head")
+        except Exception as error:
+            raise DatabaseMigrationError(
+                f"Profile {self.profile.name!r}: migration from {current} failed ({error}); the revision that "
+                "failed was rolled back; fix the cause and run the migration again."
+            ) from error
+
+    def _create_schema(self, connection: Connection, head: str) -> None:
+        Base.metadata.create_all(connection)
+        MigrationContext.configure(connection).stamp(self._script(), head)
+        connection.execute(
+            dialect_insert(connection.dialect.name, DbSetting)
+            .values(key=SCHEMA_GENERATION_KEY, val=SCHEMA_GENERATION_CODE, description=GENERATION_DESCRIPTION, time=utc_now())
+            .on_conflict_do_nothing(index_elements=["key"])
+        )
+
+
+class _NewDatabaseStep:
+    """Stands in for alembic's MigrationInfo when a new database is created at head in one step."""
+
+    def __init__(self, head: str) -> None:
+        self.up_revision_id = head
+        self.down_revision_ids: tuple[str, ...] = ()

@@ -1,0 +1,304 @@
+"""Typed SQLAlchemy models of the provenance schema, table and column names as AiiDA 2.x ``psql_dos``.
+
+JSON columns are JSONB on PostgreSQL and JSON on SQLite, UUIDs are native on PostgreSQL, and every time is
+timezone-aware (stored in UTC on SQLite). Constructing a model fills its defaults, so
+``DbNode(node_type="data.core.int.Int.", user_id=user.id)`` is a complete node.
+"""
+from __future__ import annotations
+
+import datetime
+import uuid as uuid_module
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    Uuid,
+    inspect,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+__all__ = (
+    "Base",
+    "DbAuthInfo",
+    "DbComment",
+    "DbComputer",
+    "DbGroup",
+    "DbGroupNode",
+    "DbLink",
+    "DbLog",
+    "DbNode",
+    "DbPath",
+    "DbSetting",
+    "DbUser",
+    "ENTITIES",
+    "dialect_insert",
+    "utc_now",
+)
+
+NAMING_CONVENTION = {
+    "pk": "%(table_name)s_pkey",
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+}
+
+
+def dialect_insert(dialect_name: str, entity: type[Base] | Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT with ``ON CONFLICT`` support for the dialect (PostgreSQL or SQLite)."""
+    table = entity if isinstance(entity, Table) else entity.__table__
+    return (postgresql.insert if dialect_name == "postgresql" else sqlite.insert)(table)
+
+
+def utc_now() -> datetime.datetime:
+    """The current time in UTC, timezone-aware."""
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime.datetime]):
+    """A timezone-aware timestamp: ``timestamptz`` on PostgreSQL, a UTC string on SQLite."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime.datetime | None, dialect: Dialect) -> datetime.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: give times with a timezone, e.g. datetime.timezone.utc")
+        return value.astimezone(datetime.timezone.utc)
+
+    def process_result_value(self, value: datetime.datetime | None, dialect: Dialect) -> datetime.datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=datetime.timezone.utc)
+        return value
+
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def _empty_dict() -> dict[str, Any]:
+    return {}
+
+
+class Base(DeclarativeBase):
+    """Declarative base carrying the constraint naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime.datetime: UTCDateTime, dict[str, Any]: JsonType, uuid_module.UUID: Uuid}
+
+    def __init__(self, **kwargs: Any) -> None:
+        # Fill Python-side defaults at construction time, so a new object is complete before flush.
+        for prop in inspect(type(self)).column_attrs:
+            default = prop.columns[0].default
+            if prop.key not in kwargs and default is not None and default.is_callable:
+                kwargs[prop.key] = default.arg(None)  # type: ignore[union-attr]
+        for key, value in kwargs.items():
+            if not hasattr(type(self), key):
+                raise TypeError(f"{key!r} is not an attribute of {type(self).__name__}")
+            setattr(self, key, value)
+
+
+def _uuid_column() -> Mapped[uuid_module.UUID]:
+    return mapped_column(default=lambda ctx: uuid_module.uuid4(), unique=True)
+
+
+def _time_column(**kwargs: Any) -> Mapped[datetime.datetime]:
+    return mapped_column(default=lambda ctx: utc_now(), **kwargs)
+
+
+def _json_column(nullable: bool = False) -> Mapped[dict[str, Any]]:
+    return mapped_column(default=lambda ctx: _empty_dict(), nullable=nullable)
+
+
+class DbUser(Base):
+    """A user, identified by e-mail."""
+
+    __tablename__ = "db_dbuser"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    first_name: Mapped[str] = mapped_column(String(254), default=lambda ctx: "")
+    last_name: Mapped[str] = mapped_column(String(254), default=lambda ctx: "")
+    institution: Mapped[str] = mapped_column(String(254), default=lambda ctx: "")
+
+
+class DbComputer(Base):
+    """A computer on which calculations run."""
+
+    __tablename__ = "db_dbcomputer"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[uuid_module.UUID] = _uuid_column()
+    label: Mapped[str] = mapped_column(String(255), unique=True)
+    hostname: Mapped[str] = mapped_column(String(255), default=lambda ctx: "")
+    description: Mapped[str] = mapped_column(Text, default=lambda ctx: "")
+    scheduler_type: Mapped[str] = mapped_column(String(255), default=lambda ctx: "")
+    transport_type: Mapped[str] = mapped_column(String(255), default=lambda ctx: "")
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=lambda ctx: _empty_dict())
+
+
+class DbAuthInfo(Base):
+    """How a user connects to a computer."""
+
+    __tablename__ = "db_dbauthinfo"
+    __table_args__ = (UniqueConstraint("aiidauser_id", "dbcomputer_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    aiidauser_id: Mapped[int] = mapped_column(
+        ForeignKey("db_dbuser.id", ondelete="CASCADE", deferrable=True, initially="DEFERRED"), index=True
+    )
+    dbcomputer_id: Mapped[int] = mapped_column(
+        ForeignKey("db_dbcomputer.id", ondelete="CASCADE", deferrable=True, initially="DEFERRED"), index=True
+    )
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=lambda ctx: _empty_dict())
+    auth_params: Mapped[dict[str, Any]] = _json_column()
+    enabled: Mapped[bool] = mapped_column(Boolean, default=lambda ctx: True)
+
+
+class DbNode(Base):
+    """A node of the provenance graph: data, calculation or workflow."""
+
+    __tablename__ = "db_dbnode"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[uuid_module.UUID] = _uuid_column()
+    node_type: Mapped[str] = mapped_column(String(255), index=True)
+    process_type: Mapped[str | None] = mapped_column(String(255), index=True)
+    label: Mapped[str] = mapped_column(String(255), index=True, default=lambda ctx: "")
+    description: Mapped[str] = mapped_column(Text, default=lambda ctx: "")
+    ctime: Mapped[datetime.datetime] = _time_column(index=True)
+    mtime: Mapped[datetime.datetime] = _time_column(index=True)
+    attributes: Mapped[dict[str, Any] | None] = _json_column(nullable=True)
+    extras: Mapped[dict[str, Any] | None] = _json_column(nullable=True)
+    repository_metadata: Mapped[dict[str, Any]] = _json_column()
+    dbcomputer_id: Mapped[int | None] = mapped_column(
+        ForeignKey("db_dbcomputer.id", ondelete="RESTRICT", deferrable=True, initially="DEFERRED"), index=True
+    )
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("db_dbuser.id", ondelete="RESTRICT", deferrable=True, initially="DEFERRED"), index=True
+    )
+
+    user: Mapped[DbUser] = relationship()
+    dbcomputer: Mapped[DbComputer | None] = relationship()
+
+
+class DbLink(Base):
+    """A labelled, typed link from ``input_id`` to ``output_id``."""
+
+    __tablename__ = "db_dblink"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    input_id: Mapped[int] = mapped_column(
+        ForeignKey("db_dbnode.id", deferrable=True, initially="DEFERRED"), index=True
+    )
+    output_id: Mapped[int] = mapped_column(
+        ForeignKey("db_dbnode.id", ondelete="CASCADE", deferrable=True, initially="DEFERRED"), index=True
+    )
+    label: Mapped[str] = mapped_column(String(255), index=True)
+    type: Mapped[str] = mapped_column(String(255), index=True)
+
+
+class DbGroup(Base):
+    """A named collection of nodes."""
+
+    __tablename__ = "db_dbgroup"
+    __table_args__ = (UniqueConstraint("label", "type_string"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[uuid_module.UUID] = _uuid_column()
+    label: Mapped[str] = mapped_column(String(255), index=True)
+    type_string: Mapped[str] = mapped_column(String(255), index=True, default=lambda ctx: "core")
+    time: Mapped[datetime.datetime] = _time_column()
+    description: Mapped[str] = mapped_column(Text, default=lambda ctx: "")
+    extras: Mapped[dict[str, Any]] = _json_column()
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("db_dbuser.id", ondelete="CASCADE", deferrable=True, initially="DEFERRED"), index=True
+    )
+
+
+class DbGroupNode(Base):
+    """Membership of a node in a group."""
+
+    __tablename__ = "db_dbgroup_dbnodes"
+    __table_args__ = (UniqueConstraint("dbgroup_id", "dbnode_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dbnode_id: Mapped[int] = mapped_column(
+        ForeignKey("db_dbnode.id", deferrable=True, initially="DEFERRED"), index=True
+    )
+    dbgroup_id: Mapped[int] = mapped_column(
+        ForeignKey("db_dbgroup.id", deferrable=True, initially="DEFERRED"), index=True
+    )
+
+
+class DbComment(Base):
+    """A comment a user wrote on a node."""
+
+    __tablename__ = "db_dbcomment"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[uuid_module.UUID] = _uuid_column()
+    dbnode_id: Mapped[int] = mapped_column(
+        ForeignKey("db_dbnode.id", ondelete="CASCADE", deferrable=True, initially="DEFERRED"), index=True
+    )
+    ctime: Mapped[datetime.datetime] = _time_column()
+    mtime: Mapped[datetime.datetime] = _time_column()
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("db_dbuser.id", ondelete="CASCADE", deferrable=True, initially="DEFERRED"), index=True
+    )
+    content: Mapped[str] = mapped_column(Text, default=lambda ctx: "")
+
+
+class DbLog(Base):
+    """A log record attached to a node."""
+
+    __tablename__ = "db_dblog"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[uuid_module.UUID] = _uuid_column()
+    time: Mapped[datetime.datetime] = _time_column()
+    loggername: Mapped[str] = mapped_column(String(255), index=True)
+    levelname: Mapped[str] = mapped_column(String(50), index=True)
+    dbnode_id: Mapped[int] = mapped_column(
+        ForeignKey("db_dbnode.id", ondelete="CASCADE", deferrable=True, initially="DEFERRED"), index=True
+    )
+    message: Mapped[str] = mapped_column(Text, default=lambda ctx: "")
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=lambda ctx: _empty_dict())
+
+
+class DbSetting(Base):
+    """A key/value setting of the storage (e.g. ``schema_generation``)."""
+
+    __tablename__ = "db_dbsetting"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(1024), unique=True)
+    val: Mapped[Any] = mapped_column(JsonType, nullable=True)
+    description: Mapped[str] = mapped_column(Text, default=lambda ctx: "")
+    time: Mapped[datetime.datetime] = _time_column()
+
+
+class DbPath(Base):
+    """One row per (ancestor, descendant) pair with the number of distinct paths between them.
+
+    Kept exact by the closure triggers (see :mod:`aiida_sqla_plugin.closure`); empty while they are not
+    installed. It has no foreign keys: the triggers remove its rows together with the links they stand for.
+    """
+
+    __tablename__ = "db_dbpath"
+    __table_args__ = (Index(None, "child_id", "parent_id"),)
+    parent_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    child_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path_count: Mapped[int] = mapped_column(BigInteger)
+
+
+#: Mapped classes by table name.
+ENTITIES: dict[str, type[Base]] = {
+    mapper.class_.__tablename__: mapper.class_ for mapper in Base.registry.mappers  # type: ignore[misc]
+}

@@ -1,0 +1,118 @@
+"""Profiles: which storage backend to load and how to reach its database."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from .exceptions import ConfigurationError
+
+__all__ = ("Profile", "ProfileLike", "database_url", "engine_kwargs", "describe_url")
+
+#: AiiDA's ``database_engine`` values mapped to SQLAlchemy driver names.
+ENGINE_DRIVERS: dict[str, str] = {
+    "postgresql_psycopg2": "postgresql+psycopg2",
+    "postgresql": "postgresql+psycopg2",
+    "postgresql+psycopg2": "postgresql+psycopg2",
+    "sqlite": "sqlite",
+}
+SUPPORTED_DIALECTS = ("sqlite", "postgresql")
+
+
+class ProfileLike(Protocol):
+    """What the backend needs of a host's profile object."""
+
+    name: str
+    storage_backend: str
+    storage_config: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A minimal profile: a name, the entry point of its backend and the storage configuration.
+
+    ``storage_config`` holds either ``url`` (any SQLAlchemy URL) or AiiDA-style keys
+    (``database_engine``, ``database_hostname``, ``database_port``, ``database_username``,
+    ``database_password``, ``database_name``), plus optional ``engine_kwargs``.
+    """
+
+    name: str
+    storage_backend: str = "sqlalchemy"
+    storage_config: Mapping[str, Any] = field(default_factory=dict)
+
+
+def database_url(profile: ProfileLike) -> URL:
+    """Return the SQLAlchemy URL of the profile's database, or raise :class:`ConfigurationError`."""
+    config = profile.storage_config or {}
+    if not isinstance(config, Mapping):
+        raise ConfigurationError(f"Profile {profile.name!r}: storage_config must be a mapping, got {type(config).__name__}.")
+    if config.get("url"):
+        try:
+            url = make_url(str(config["url"]))
+        except ArgumentError as exc:
+            raise ConfigurationError(
+                f"Profile {profile.name!r}: cannot parse the storage URL ({exc}); use e.g. "
+                "'sqlite:////path/to/file.sqlite' or 'postgresql+psycopg2://user:password@host:5432/dbname'."
+            ) from exc
+        if url.get_backend_name() not in SUPPORTED_DIALECTS:
+            raise ConfigurationError(
+                f"Profile {profile.name!r}: the database engine {url.get_backend_name()!r} is not supported; "
+                f"use one of {', '.join(SUPPORTED_DIALECTS)}."
+            )
+        if url.get_backend_name() == "postgresql" and url.get_driver_name() not in ("psycopg2",):
+            url = url.set(drivername="postgresql+psycopg2")
+        return url
+    return _url_from_aiida_keys(profile.name, config)
+
+
+def _url_from_aiida_keys(name: str, config: Mapping[str, Any]) -> URL:
+    engine = config.get("database_engine")
+    if engine is None:
+        raise ConfigurationError(
+            f"Profile {name!r}: storage_config needs either 'url' or 'database_engine' "
+            f"(one of {', '.join(sorted(ENGINE_DRIVERS))}) with the other database_* keys."
+        )
+    driver = ENGINE_DRIVERS.get(str(engine))
+    if driver is None:
+        raise ConfigurationError(
+            f"Profile {name!r}: unknown database_engine {engine!r}; use one of {', '.join(sorted(ENGINE_DRIVERS))}."
+        )
+    database = config.get("database_name")
+    if not database:
+        raise ConfigurationError(f"Profile {name!r}: storage_config is missing 'database_name'.")
+    if driver == "sqlite":
+        return URL.create("sqlite", database=str(database))
+    port = config.get("database_port")
+    try:
+        port = int(port) if port not in (None, "") else None
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"Profile {name!r}: database_port must be an integer, got {port!r}.") from exc
+    # URL.create quotes the password and user name itself; a None host means the local socket.
+    return URL.create(
+        driver,
+        username=config.get("database_username") or None,
+        password=config.get("database_password") or None,
+        host=config.get("database_hostname") or None,
+        port=port,
+        database=str(database),
+    )
+
+
+def engine_kwargs(profile: ProfileLike) -> dict[str, Any]:
+    """Extra keyword arguments for :func:`sqlalchemy.create_engine` from ``storage_config['engine_kwargs']``."""
+    extra = (profile.storage_config or {}).get("engine_kwargs") or {}
+    if not isinstance(extra, Mapping):
+        raise ConfigurationError(f"Profile {profile.name!r}: engine_kwargs must be a mapping, got {type(extra).__name__}.")
+    return dict(extra)
+
+
+def describe_url(url: URL) -> str:
+    """The URL for messages: password hidden, host and port spelled out."""
+    if url.get_backend_name() == "sqlite":
+        return f"SQLite file {url.database or ':memory:'}"
+    host = url.host or "the local socket"
+    port = f":{url.port}" if url.port else (":5432" if url.host else "")
+    return f"PostgreSQL database {url.database!r} on {host}{port} as {url.username or 'the current user'}"

@@ -1,0 +1,52 @@
+"""Reports computed in the database: creation statistics."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, literal_column, select
+from sqlalchemy.sql.elements import ColumnElement
+
+from .models import DbNode
+
+if TYPE_CHECKING:
+    from .backend import SqlaBackend
+
+__all__ = ("SqlaQueryManager",)
+
+
+class SqlaQueryManager:
+    """Aggregate queries over a backend's nodes."""
+
+    def __init__(self, backend: SqlaBackend) -> None:
+        self._backend = backend
+
+    @staticmethod
+    def _utc_day(dialect_name: str) -> ColumnElement[Any]:
+        # SQLite stores times as UTC text ('YYYY-MM-DD HH:MM:SS...'), so the first ten characters are the day.
+        if dialect_name == "sqlite":
+            return func.substr(DbNode.ctime, 1, 10)
+        return func.to_char(func.timezone(literal_column("'UTC'"), DbNode.ctime), "YYYY-MM-DD")
+
+    def get_creation_statistics(self, user_pk: int | None = None) -> dict[str, Any]:
+        """Count nodes: ``{"total": n, "types": {node_type: n}, "ctime_by_day": {"YYYY-MM-DD": n}}``.
+
+        Days are UTC days on every dialect; days without nodes are absent. ``user_pk`` restricts to that user.
+        Two aggregate queries, whatever the number of nodes.
+        """
+        engine = self._backend.engine
+        condition = [DbNode.user_id == user_pk] if user_pk is not None else []
+        day = self._utc_day(engine.dialect.name).label("day")
+        with engine.connect() as connection:
+            types = {
+                node_type: count
+                for node_type, count in connection.execute(
+                    select(DbNode.node_type, func.count()).where(*condition).group_by(DbNode.node_type)
+                )
+            }
+            by_day = {
+                str(day_value): count
+                for day_value, count in connection.execute(
+                    select(day, func.count()).where(*condition).group_by(day).order_by(day)
+                )
+            }
+        return {"total": sum(types.values()), "types": types, "ctime_by_day": by_day}

@@ -1,0 +1,239 @@
+"""Engines and scoped sessions, one pair per profile, safe across ``fork()``.
+
+The module keeps a *current profile*: :func:`get_scoped_session` builds its engine lazily. A forked child
+must never use, close, roll back or finalise a connection it inherited (SQLite files and libpq sockets are
+shared with the parent), so :func:`after_fork_in_child` swaps every engine's pool and session registry for new
+ones and keeps the inherited objects referenced, so that garbage collection never resets them either.
+A pid check on pool checkout and in :func:`get_scoped_session` guards forks that bypass ``os.register_at_fork``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import create_engine, event, exc
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+
+from .exceptions import ConfigurationError, UnreachableStorage
+from .profile import ProfileLike, database_url, describe_url, engine_kwargs
+
+__all__ = (
+    "after_fork_in_child",
+    "check_connection",
+    "dispose_engines",
+    "get_current_profile",
+    "get_engine",
+    "get_scoped_session",
+    "get_session_factory",
+    "recreate_after_fork",
+    "reset_session",
+    "set_current_profile",
+)
+
+#: Milliseconds a SQLite connection waits for another process's write lock before giving up.
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+#: Execution option naming the SQLite ``BEGIN`` mode of a connection (``DEFERRED`` unless set).
+SQLITE_BEGIN_OPTION = "aiida_sqlite_begin"
+
+
+@dataclass
+class _ProfileStorage:
+    profile: ProfileLike
+    url: URL
+    engine: Engine
+    registry: scoped_session[Session]
+
+
+_lock = threading.RLock()
+_storages: dict[str, _ProfileStorage] = {}
+_current_profile: ProfileLike | None = None
+_pid = os.getpid()
+#: Pools and registries inherited from a parent process; kept referenced so they are never finalised here.
+_inherited: list[object] = []
+
+
+def json_dumps(value: Any) -> str:
+    """Serialise a JSON column value; NaN and infinity are refused as they are not JSON."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+
+def _new_registry(engine: Engine) -> scoped_session[Session]:
+    return scoped_session(sessionmaker(bind=engine, expire_on_commit=True))
+
+
+def _install_fork_guard(engine: Engine) -> None:
+    """Replace, rather than reuse, a pooled connection that was opened by another process."""
+
+    @event.listens_for(engine, "connect")
+    def _remember_pid(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info["pid"] = os.getpid()
+
+    @event.listens_for(engine, "checkout")
+    def _check_pid(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection) -> None:
+        if record.info.get("pid") != os.getpid():
+            _inherited.append(dbapi_connection)
+            record.dbapi_connection = proxy.dbapi_connection = None  # type: ignore[misc]
+            raise exc.DisconnectionError("connection was opened by another process; opening a new one")
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """Foreign keys, WAL, a busy timeout, and transactions that begin (deferred) when SQLAlchemy says so."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        dbapi_connection.isolation_level = None  # pysqlite must not emit BEGIN itself
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        mode = connection.get_execution_options().get(SQLITE_BEGIN_OPTION, "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def create_profile_engine(profile: ProfileLike) -> Engine:
+    """Build (without connecting) the engine for a profile's database."""
+    url = database_url(profile)
+    kwargs: dict[str, Any] = {"json_serializer": json_dumps, "json_deserializer": json.loads}
+    if url.get_backend_name() == "postgresql":
+        kwargs.update(pool_pre_ping=True, connect_args={"connect_timeout": 10})
+    user_kwargs = engine_kwargs(profile)
+    if "connect_args" in user_kwargs and "connect_args" in kwargs:
+        kwargs["connect_args"] = {**kwargs["connect_args"], **user_kwargs.pop("connect_args")}
+    kwargs.update(user_kwargs)
+    try:
+        engine = create_engine(url, **kwargs)
+    except (TypeError, exc.ArgumentError) as error:
+        raise ConfigurationError(f"Profile {profile.name!r}: invalid engine_kwargs ({error}).") from error
+    _install_fork_guard(engine)
+    if url.get_backend_name() == "sqlite":
+        _configure_sqlite(engine)
+    return engine
+
+
+def check_connection(profile: ProfileLike | None = None) -> None:
+    """Connect once to the profile's database, raising :class:`UnreachableStorage` with the fix if it fails."""
+    profile = profile or get_current_profile()
+    engine = get_engine(profile)
+    try:
+        with engine.connect():
+            pass
+    except exc.OperationalError as error:
+        where = describe_url(engine.url)
+        hint = (
+            "check that the directory exists and is writable"
+            if engine.url.get_backend_name() == "sqlite"
+            else "check that the server is running, and the host, port, user, password and database name"
+        )
+        reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        raise UnreachableStorage(f"Profile {profile.name!r}: cannot reach the {where} ({reason}); {hint}.") from error
+
+
+def set_current_profile(profile: ProfileLike) -> None:
+    """Make ``profile`` the one that :func:`get_scoped_session` serves (its engine is built lazily)."""
+    global _current_profile
+    with _lock:
+        _current_profile = profile
+
+
+def get_current_profile() -> ProfileLike:
+    """The current profile, or :class:`ConfigurationError` if none was loaded."""
+    if _current_profile is None:
+        raise ConfigurationError(
+            "No profile is loaded: call aiida_sqla_plugin.reset_session(profile) or load one through the host."
+        )
+    return _current_profile
+
+
+def _storage(profile: ProfileLike) -> _ProfileStorage:
+    if os.getpid() != _pid:
+        after_fork_in_child()
+    url = database_url(profile)
+    with _lock:
+        storage = _storages.get(profile.name)
+        if storage is None or storage.url != url:
+            if storage is not None:
+                _dispose(storage)
+            engine = create_profile_engine(profile)
+            storage = _ProfileStorage(profile, url, engine, _new_registry(engine))
+            _storages[profile.name] = storage
+        return storage
+
+
+def get_engine(profile: ProfileLike | None = None) -> Engine:
+    """The engine of ``profile`` (default: the current profile)."""
+    return _storage(profile or get_current_profile()).engine
+
+
+def get_session_factory(profile: ProfileLike | None = None) -> scoped_session[Session]:
+    """The ``scoped_session`` registry of ``profile`` (default: the current profile)."""
+    return _storage(profile or get_current_profile()).registry
+
+
+def get_scoped_session(**kwargs: Any) -> Session:
+    """The current thread's session for the current profile; ``kwargs`` configure a new one."""
+    return get_session_factory()(**kwargs)
+
+
+def _dispose(storage: _ProfileStorage) -> None:
+    storage.registry.remove()
+    storage.engine.dispose()
+
+
+def reset_session(profile: ProfileLike | None = None) -> None:
+    """Build a fresh engine and session registry for ``profile`` (default: current) and make it current.
+
+    The old engine of that profile, if any, is disposed: its sessions are closed and its connections too.
+    """
+    profile = profile or get_current_profile()
+    with _lock:
+        storage = _storages.pop(profile.name, None)
+        if storage is not None:
+            _dispose(storage)
+        set_current_profile(profile)
+        _storage(profile)
+
+
+def dispose_engines() -> None:
+    """Close every session and engine of this process and forget the current profile."""
+    global _current_profile
+    with _lock:
+        for storage in _storages.values():
+            _dispose(storage)
+        _storages.clear()
+        _current_profile = None
+
+
+def recreate_after_fork(engine: Engine | None = None) -> None:
+    """In a forked child: drop ``engine``'s inherited pool (``dispose(close=False)``) and give it a new registry.
+
+    With ``engine=None`` every engine of the process is treated. Nothing inherited is closed, rolled back or
+    finalised: the parent may still be using it.
+    """
+    with _lock:
+        for storage in _storages.values():
+            if engine is not None and storage.engine is not engine:
+                continue
+            _inherited.append(storage.engine.pool)
+            _inherited.append(storage.registry)
+            storage.engine.dispose(close=False)
+            storage.registry = _new_registry(storage.engine)
+
+
+def after_fork_in_child() -> None:
+    """Make every engine and session of this (child) process safe; run it right after ``fork()``."""
+    global _pid, _lock
+    _lock = threading.RLock()  # the parent's lock may have been held by another thread at fork time
+    _pid = os.getpid()
+    recreate_after_fork(None)
