@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, scoped_session
 
 from . import session as session_module
 from .manager import SqlaBackendManager
+from .models import Base
+from .progress import ProgressCallback
 from .profile import ProfileLike
 from .queries import SqlaQueryManager
 from .settings import SqlaSettingsManager
@@ -61,6 +64,18 @@ class SqlaBackend:
         else:
             with session.begin():
                 yield session
+
+    def bulk_insert(
+        self, entity: type[Base] | str, rows: Iterable[Mapping[str, Any]], progress: ProgressCallback | None = None
+    ) -> list[int]:
+        """Store plain-dict ``rows`` of ``entity`` (a model class or table name) in one transaction.
+
+        Defaults are filled and required fields checked; returns the new primary keys in input order. Any invalid
+        row raises an error and nothing of the call is stored.
+        """
+        from .bulk import bulk_insert  # noqa: PLC0415 - bulk imports this module
+
+        return bulk_insert(self, entity, rows, progress=progress)
 
     def close(self) -> None:
         """Close this thread's session (the engine stays, for other threads)."""
