@@ -8,6 +8,7 @@ A pid check on pool checkout and in :func:`get_scoped_session` guards forks that
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -66,19 +67,41 @@ def _new_registry(engine: Engine) -> scoped_session[Session]:
     return scoped_session(sessionmaker(bind=engine, expire_on_commit=True))
 
 
-def _install_fork_guard(engine: Engine) -> None:
-    """Replace, rather than reuse, a pooled connection that was opened by another process."""
+def _ping(engine: Engine, dbapi_connection: Any) -> None:
+    """Check that a pooled connection still answers; raise :class:`DisconnectionError` if it does not."""
+    cursor = None
+    try:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SELECT 1")
+    except engine.dialect.loaded_dbapi.Error as error:
+        raise exc.DisconnectionError(f"the pooled connection is dead ({error}); opening a new one") from error
+    finally:
+        if cursor is not None:
+            with contextlib.suppress(Exception):
+                cursor.close()
+
+
+def _install_fork_guard(engine: Engine, pre_ping: bool) -> None:
+    """Replace, rather than reuse, a pooled connection that was opened by another process.
+
+    The pid check runs before anything touches the connection, which is why the pre-ping (when enabled) is done
+    here instead of by ``pool_pre_ping``: that one would send a query over a socket the parent still uses.
+    """
 
     @event.listens_for(engine, "connect")
     def _remember_pid(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         record.info["pid"] = os.getpid()
+        record.info["fresh"] = True
 
     @event.listens_for(engine, "checkout")
     def _check_pid(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection) -> None:
         if record.info.get("pid") != os.getpid():
+            # Keep it referenced and detach it, so that the pool neither closes nor finalises it here.
             _inherited.append(dbapi_connection)
             record.dbapi_connection = proxy.dbapi_connection = None  # type: ignore[misc]
             raise exc.DisconnectionError("connection was opened by another process; opening a new one")
+        if pre_ping and not record.info.pop("fresh", False):
+            _ping(engine, dbapi_connection)
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -107,16 +130,18 @@ def create_profile_engine(profile: ProfileLike) -> Engine:
     url = database_url(profile)
     kwargs: dict[str, Any] = {"json_serializer": json_dumps, "json_deserializer": json.loads}
     if url.get_backend_name() == "postgresql":
-        kwargs.update(pool_pre_ping=True, connect_args={"connect_timeout": 10})
+        kwargs["connect_args"] = {"connect_timeout": 10}
     user_kwargs = engine_kwargs(profile)
-    if "connect_args" in user_kwargs and "connect_args" in kwargs:
-        kwargs["connect_args"] = {**kwargs["connect_args"], **user_kwargs.pop("connect_args")}
+    if "connect_args" in user_kwargs:
+        kwargs["connect_args"] = {**kwargs.get("connect_args", {}), **user_kwargs.pop("connect_args")}
+    # Pre-ping is done by the fork guard, after its pid check; on by default for PostgreSQL.
+    pre_ping = bool(user_kwargs.pop("pool_pre_ping", url.get_backend_name() == "postgresql"))
     kwargs.update(user_kwargs)
     try:
         engine = create_engine(url, **kwargs)
     except (TypeError, exc.ArgumentError) as error:
         raise ConfigurationError(f"Profile {profile.name!r}: invalid engine_kwargs ({error}).") from error
-    _install_fork_guard(engine)
+    _install_fork_guard(engine, pre_ping)
     if url.get_backend_name() == "sqlite":
         _configure_sqlite(engine)
     return engine
@@ -156,9 +181,14 @@ def get_current_profile() -> ProfileLike:
     return _current_profile
 
 
-def _storage(profile: ProfileLike) -> _ProfileStorage:
+def _check_fork() -> None:
+    """Second guard for forks that bypass ``os.register_at_fork``: treat this process as a new child."""
     if os.getpid() != _pid:
         after_fork_in_child()
+
+
+def _storage(profile: ProfileLike) -> _ProfileStorage:
+    _check_fork()
     url = database_url(profile)
     with _lock:
         storage = _storages.get(profile.name)
@@ -196,6 +226,7 @@ def reset_session(profile: ProfileLike | None = None) -> None:
 
     The old engine of that profile, if any, is disposed: its sessions are closed and its connections too.
     """
+    _check_fork()
     profile = profile or get_current_profile()
     with _lock:
         storage = _storages.pop(profile.name, None)
@@ -208,6 +239,7 @@ def reset_session(profile: ProfileLike | None = None) -> None:
 def dispose_engines() -> None:
     """Close every session and engine of this process and forget the current profile."""
     global _current_profile
+    _check_fork()
     with _lock:
         for storage in _storages.values():
             _dispose(storage)
@@ -222,13 +254,22 @@ def recreate_after_fork(engine: Engine | None = None) -> None:
     finalised: the parent may still be using it.
     """
     with _lock:
+        managed = False
         for storage in _storages.values():
             if engine is not None and storage.engine is not engine:
                 continue
-            _inherited.append(storage.engine.pool)
+            managed = True
             _inherited.append(storage.registry)
-            storage.engine.dispose(close=False)
+            _forget_pool(storage.engine)
             storage.registry = _new_registry(storage.engine)
+        if engine is not None and not managed:
+            _forget_pool(engine)
+
+
+def _forget_pool(engine: Engine) -> None:
+    """Give ``engine`` a new pool; the inherited one stays referenced and untouched."""
+    _inherited.append(engine.pool)
+    engine.dispose(close=False)
 
 
 def after_fork_in_child() -> None:
