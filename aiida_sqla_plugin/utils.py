@@ -5,9 +5,10 @@ from typing import Any
 
 from sqlalchemy.orm.attributes import flag_modified as _sqla_flag_modified
 
+from .graph import delete_nodes_and_connections_sqla
 from .models import Base
 
-__all__ = ("ModelWrapper", "flag_modified")
+__all__ = ("ModelWrapper", "delete_nodes_and_connections_sqla", "flag_modified")
 
 
 class ModelWrapper:
