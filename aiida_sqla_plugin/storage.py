@@ -1,0 +1,336 @@
+"""Storage-level reports and maintenance: schema state, entity counts, size, reset, settings list, SQL, drop.
+
+These are the library functions behind ``aiida-sqla storage ...``; they take a profile (or a backend) and never
+print.
+"""
+from __future__ import annotations
+
+import enum
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import create_engine, func, inspect, select, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, Engine
+
+from . import session as session_module
+from .exceptions import (
+    ConfigurationError,
+    IncompatibleDatabaseSchema,
+    UnreachableStorage,
+    ValidationError,
+)
+from .manager import SCHEMA_GENERATION_CODE, SqlaBackendManager, new_alembic_config
+from .models import Base, DbComment, DbComputer, DbGroup, DbLink, DbLog, DbNode, DbPath, DbSetting, DbUser
+from .profile import ProfileLike, database_url, describe_url
+from .settings import Setting
+
+__all__ = (
+    "COUNTED_ENTITIES",
+    "CorruptStorage",
+    "SchemaAhead",
+    "SchemaBehind",
+    "SchemaReport",
+    "SchemaState",
+    "count_entities",
+    "database_size",
+    "drop_database",
+    "list_settings",
+    "migration_sql",
+    "pending_revisions",
+    "require_compatible",
+    "reset_storage",
+    "schema_report",
+)
+
+#: What ``storage info`` counts: name shown -> model.
+COUNTED_ENTITIES: dict[str, type[Base]] = {
+    "nodes": DbNode,
+    "links": DbLink,
+    "groups": DbGroup,
+    "users": DbUser,
+    "computers": DbComputer,
+    "comments": DbComment,
+    "logs": DbLog,
+}
+#: Tables ``reset_storage`` keeps.
+KEPT_TABLES = frozenset({DbSetting.__tablename__, "alembic_version"})
+
+
+class SchemaBehind(IncompatibleDatabaseSchema):
+    """The database was never initialised, or its schema is older than the code: a migration is needed."""
+
+
+class SchemaAhead(IncompatibleDatabaseSchema):
+    """The database schema is newer than this code."""
+
+
+class CorruptStorage(IncompatibleDatabaseSchema):
+    """The database cannot be read as a storage of this plugin (not a database, foreign tables, wrong generation)."""
+
+
+class SchemaState(str, enum.Enum):
+    """Where a database stands with respect to the code's schema."""
+
+    COMPATIBLE = "compatible"
+    NOT_INITIALISED = "not_initialised"
+    BEHIND = "behind"
+    AHEAD = "ahead"
+    UNREACHABLE = "unreachable"
+    CORRUPT = "corrupt"
+
+
+@dataclass(frozen=True)
+class SchemaReport:
+    """The schema state of one profile's database, with the message and fix for anything but compatible."""
+
+    profile: str
+    location: str
+    state: SchemaState
+    code_revision: str
+    database_revision: str | None
+    code_generation: str
+    database_generation: str | None
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """Stable JSON-ready keys."""
+        return {
+            "profile": self.profile,
+            "location": self.location,
+            "state": self.state.value,
+            "code_revision": self.code_revision,
+            "database_revision": self.database_revision,
+            "code_generation": self.code_generation,
+            "database_generation": self.database_generation,
+            "message": self.message,
+        }
+
+    def error(self) -> IncompatibleDatabaseSchema | UnreachableStorage | None:
+        """The exception matching the state (None when compatible)."""
+        kind = _STATE_ERRORS.get(self.state)
+        return None if kind is None else kind(self.message)
+
+
+_STATE_ERRORS: dict[SchemaState, type[IncompatibleDatabaseSchema] | type[UnreachableStorage]] = {
+    SchemaState.NOT_INITIALISED: SchemaBehind,
+    SchemaState.BEHIND: SchemaBehind,
+    SchemaState.AHEAD: SchemaAhead,
+    SchemaState.UNREACHABLE: UnreachableStorage,
+    SchemaState.CORRUPT: CorruptStorage,
+}
+
+
+def _sqlite_path(profile: ProfileLike) -> Path | None:
+    url = database_url(profile)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
+def schema_report(profile: ProfileLike, manager: SqlaBackendManager | None = None) -> SchemaReport:
+    """Inspect the profile's database without changing it (a missing SQLite file is not created)."""
+    manager = manager or SqlaBackendManager(profile)
+    name = profile.name
+    location = describe_url(database_url(profile))
+    code_revision = manager.get_schema_version_code()
+
+    def report(state: SchemaState, message: str, revision: str | None = None, generation: str | None = None) -> SchemaReport:
+        return SchemaReport(name, location, state, code_revision, revision, SCHEMA_GENERATION_CODE, generation, message)
+
+    migrate = f"run 'aiida-sqla -p {name} storage migrate'"
+    path = _sqlite_path(profile)
+    if path is not None and not path.exists():
+        if not path.parent.is_dir():
+            return report(
+                SchemaState.UNREACHABLE,
+                f"Profile {name!r}: cannot reach the {location} (directory {path.parent} does not exist); "
+                "create the directory or fix the profile's URL",
+            )
+        return report(SchemaState.NOT_INITIALISED, f"Profile {name!r}: the database is not initialised; {migrate}")
+    try:
+        session_module.check_connection(profile)
+    except UnreachableStorage as error:
+        return report(SchemaState.UNREACHABLE, str(error))
+    try:
+        with session_module.get_engine(profile).connect() as connection:
+            revision = manager._database_revision(connection)  # noqa: SLF001 - same package
+            tables = set(inspect(connection).get_table_names())
+            generation = _database_generation(connection, tables)
+    except sa_exc.DatabaseError as error:
+        reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        return report(
+            SchemaState.CORRUPT,
+            f"Profile {name!r}: the {location} cannot be read ({reason}); restore it from a backup or point the "
+            "profile at another database",
+        )
+    if revision is None:
+        foreign = tables & set(Base.metadata.tables)
+        if foreign:
+            return report(
+                SchemaState.CORRUPT,
+                f"Profile {name!r}: the database has tables ({', '.join(sorted(foreign))}) but no schema revision; "
+                "use an empty database, or stamp its revision with 'aiida-sqla alembic stamp REVISION'",
+            )
+        return report(SchemaState.NOT_INITIALISED, f"Profile {name!r}: the database is not initialised; {migrate}")
+    if revision not in manager._known_revisions():  # noqa: SLF001 - same package
+        return report(
+            SchemaState.AHEAD,
+            f"Profile {name!r}: the database schema {revision} is ahead of this code ({code_revision}); "
+            "upgrade aiida-sqla-plugin (pip install -U aiida-sqla-plugin)",
+            revision,
+            generation,
+        )
+    if revision != code_revision:
+        return report(
+            SchemaState.BEHIND,
+            f"Profile {name!r}: the database schema {revision} is behind the code ({code_revision}); "
+            f"back up the database, then {migrate}",
+            revision,
+            generation,
+        )
+    if generation != SCHEMA_GENERATION_CODE:
+        return report(
+            SchemaState.CORRUPT,
+            f"Profile {name!r}: database schema generation {generation} does not match the code's "
+            f"({SCHEMA_GENERATION_CODE}); use the aiida-sqla-plugin release that wrote this database",
+            revision,
+            generation,
+        )
+    return report(SchemaState.COMPATIBLE, f"Profile {name!r}: the database schema {revision} matches the code", revision, generation)
+
+
+def _database_generation(connection: Connection, tables: set[str]) -> str | None:
+    if DbSetting.__tablename__ not in tables:
+        return None
+    value = connection.execute(select(DbSetting.val).where(DbSetting.key == "schema_generation")).scalar_one_or_none()
+    return "1" if value is None else str(value)
+
+
+def pending_revisions(database_revision: str | None) -> list[str]:
+    """Revisions a migration from ``database_revision`` applies, oldest first (a new database: just the head)."""
+    script = ScriptDirectory.from_config(new_alembic_config())
+    head = script.get_current_head()
+    if database_revision is None:
+        return [head] if head else []
+    if database_revision == head:
+        return []
+    return [rev.revision for rev in reversed(list(script.iterate_revisions(head, database_revision)))]
+
+
+def require_compatible(profile: ProfileLike, manager: SqlaBackendManager | None = None) -> SchemaReport:
+    """Return the report if the database fits the code, else raise the matching error."""
+    report = schema_report(profile, manager)
+    error = report.error()
+    if error is not None:
+        raise error
+    return report
+
+
+def count_entities(engine: Engine) -> dict[str, int]:
+    """Row counts of nodes, links, groups, users, computers, comments and logs (one query)."""
+    columns = [select(func.count()).select_from(model).scalar_subquery().label(key) for key, model in COUNTED_ENTITIES.items()]
+    with engine.connect() as connection:
+        row = connection.execute(select(*columns)).one()
+    return {key: int(row[index]) for index, key in enumerate(COUNTED_ENTITIES)}
+
+
+def database_size(engine: Engine) -> int | None:
+    """Bytes the database takes: ``pg_database_size`` on PostgreSQL, the file (+ WAL) on SQLite; else None."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            return int(connection.execute(text("SELECT pg_database_size(current_database())")).scalar_one())
+    database = engine.url.database
+    if engine.dialect.name == "sqlite" and database and database != ":memory:":
+        paths = [Path(database), Path(database + "-wal")]
+        return sum(path.stat().st_size for path in paths if path.exists())
+    return None
+
+
+def reset_storage(engine: Engine) -> dict[str, int]:
+    """Delete every row of every table except settings and the schema revision; returns rows deleted per table.
+
+    Runs in one transaction. The closure table is emptied last, after the links (its triggers may update it).
+    """
+    tables = [table for table in reversed(Base.metadata.sorted_tables) if table.name not in KEPT_TABLES]
+    tables.sort(key=lambda table: table.name == DbPath.__tablename__)  # stable: closure last
+    deleted: dict[str, int] = {}
+    options = {session_module.SQLITE_BEGIN_OPTION: "IMMEDIATE"} if engine.dialect.name == "sqlite" else {}
+    with engine.connect().execution_options(**options) as connection, connection.begin():
+        for table in tables:
+            deleted[table.name] = int(connection.execute(table.delete()).rowcount or 0)
+    return deleted
+
+
+def list_settings(engine: Engine) -> list[Setting]:
+    """Every stored setting, ordered by key."""
+    table = DbSetting.__table__
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(table.c.key, table.c.val, table.c.description, table.c.time).order_by(table.c.key)
+        ).all()
+    return [Setting(row.key, row.val, row.description, row.time) for row in rows]
+
+
+def migration_sql(profile: ProfileLike, from_revision: str | None = None, to_revision: str = "head") -> str:
+    """The SQL that migrates the profile's kind of database from ``from_revision`` (default: empty) to ``to_revision``.
+
+    Alembic's offline mode: nothing connects to the database. Meant for PostgreSQL, where DBAs review it.
+    """
+    url = database_url(profile)
+    if url.get_backend_name() != "postgresql":
+        raise ValidationError(
+            f"Profile {profile.name!r} uses {url.get_backend_name()}; offline migration SQL is produced for PostgreSQL "
+            "profiles only (run 'aiida-sqla storage migrate' for SQLite)"
+        )
+    buffer = io.StringIO()
+    config = new_alembic_config()
+    config.output_buffer = buffer
+    config.set_main_option("sqlalchemy.url", f"{url.drivername}://")
+    target = f"{from_revision}:{to_revision}" if from_revision else to_revision
+    try:
+        command.upgrade(config, target, sql=True)
+    except CommandError as error:
+        raise ValidationError(f"cannot produce the migration SQL for {target!r}: {error}") from error
+    return buffer.getvalue()
+
+
+def drop_database(profile: ProfileLike) -> str:
+    """Delete the profile's database (SQLite: the file and its WAL; PostgreSQL: ``DROP DATABASE``); returns what went.
+
+    The profile's engines in this process are disposed first. :class:`ConfigurationError` for in-memory SQLite.
+    """
+    url = database_url(profile)
+    location = describe_url(url)
+    session_module.dispose_engines()
+    if url.get_backend_name() == "sqlite":
+        path = _sqlite_path(profile)
+        if path is None:
+            raise ConfigurationError(f"Profile {profile.name!r}: an in-memory database cannot be dropped")
+        for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+            if candidate.exists():
+                os.unlink(candidate)
+        return location
+    name = url.database
+    if not name:
+        raise ConfigurationError(f"Profile {profile.name!r}: the URL names no database to drop")
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 10})
+    quoted = admin.dialect.identifier_preparer.quote(name)
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+    except sa_exc.OperationalError as error:
+        reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        raise UnreachableStorage(f"cannot drop the {location} ({reason}); drop it by hand with dropdb") from error
+    except sa_exc.ProgrammingError as error:
+        reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        raise ConfigurationError(f"cannot drop the {location} ({reason}); drop it by hand with dropdb") from error
+    finally:
+        admin.dispose()
+    return location
