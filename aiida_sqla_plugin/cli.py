@@ -42,6 +42,7 @@ from .storage import (
     drop_database,
     list_settings,
     migration_sql,
+    missing_nodes,
     pending_revisions,
     reset_storage,
     schema_report,
@@ -315,6 +316,7 @@ def _location(profile: Profile) -> str:
 
 
 @cli.group("profile")
+@common_options
 def profile_group() -> None:
     """Create, list, show, select and delete profiles.
 
@@ -484,6 +486,7 @@ def profile_delete(name: str, yes: bool, drop_db: bool) -> None:
 
 
 @cli.group("storage")
+@common_options
 def storage_group() -> None:
     """Schema migrations, status, statistics and maintenance of a profile's database.
 
@@ -748,6 +751,7 @@ def _setting_hint() -> Iterator[None]:
 
 
 @cli.group("setting")
+@common_options
 def setting_group() -> None:
     """Read and write the storage's key/value settings (values as JSON).
 
@@ -834,3 +838,239 @@ def setting_list(as_json: bool) -> None:
         click.echo(f"{setting.key} = {json.dumps(setting.value, sort_keys=True)}")
         if state.verbose and setting.description:
             click.echo(f"    {setting.description}")
+
+
+# -- nodes and graph -------------------------------------------------------------------------------------
+
+
+def _require_nodes(backend: Any, pks: tuple[int, ...] | list[int]) -> None:
+    missing = missing_nodes(backend.engine, pks)
+    if missing:
+        shown = ", ".join(map(str, sorted(missing)[:20])) + (", ..." if len(missing) > 20 else "")
+        raise NotExistent(
+            f"no node with pk {shown} in profile {backend.profile.name!r}; check the pks "
+            "(aiida-sqla storage info shows how many nodes there are)"
+        )
+
+
+def _format_pks(pks: set[int] | list[int], limit: int | None = None) -> str:
+    ordered = sorted(pks)
+    if limit is not None and len(ordered) > limit:
+        return " ".join(map(str, ordered[:limit])) + f" ... ({len(ordered) - limit} more)"
+    return " ".join(map(str, ordered))
+
+
+@cli.group("node")
+@common_options
+def node_group() -> None:
+    """Operate on provenance nodes.
+
+    \b
+    Example:
+      aiida-sqla node delete 42 --dry-run -v
+    """
+
+
+@node_group.command("delete")
+@click.argument("pks", metavar="PK...", nargs=-1, type=int, required=True)
+@click.option("--dry-run", is_flag=True, help="Only print what would be deleted.")
+@click.option("--force", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--create-forward/--no-create-forward", default=None,
+              help="Also delete the outputs created by deleted calculations (default: yes).")
+@click.option("--call-calc-forward/--no-call-calc-forward", default=None,
+              help="Also delete the calculations called by deleted workflows (default: yes).")
+@click.option("--call-work-forward/--no-call-work-forward", default=None,
+              help="Also delete the workflows called by deleted workflows (default: yes).")
+@common_options
+def node_delete(pks: tuple[int, ...], dry_run: bool, force: bool, create_forward: bool | None,
+                call_calc_forward: bool | None, call_work_forward: bool | None) -> None:
+    """Delete the nodes PK... and everything AiiDA's deletion rules drag along.
+
+    Prints how many nodes would go (which ones with -v) and asks before deleting, unless --force.
+
+    \b
+    Example:
+      aiida-sqla node delete 42 43 --dry-run -v
+      aiida-sqla node delete 42 --no-create-forward --force
+    """
+    from .graph import delete_nodes  # noqa: PLC0415
+
+    state = get_state()
+    backend = state.backend()
+    _require_nodes(backend, pks)
+    rules = {
+        name: value
+        for name, value in (("create_forward", create_forward), ("call_calc_forward", call_calc_forward),
+                            ("call_work_forward", call_work_forward))
+        if value is not None
+    }
+
+    def describe(found: set[int]) -> None:
+        click.echo(f"{'Would delete' if dry_run else 'Deleting'} {len(found)} node(s).")
+        if state.verbose and found:
+            click.echo(f"pks: {_format_pks(found)}")
+
+    def confirm(found: set[int]) -> bool:
+        describe(found)
+        if not found:
+            return True
+        return not click.confirm(f"Delete these {len(found)} node(s)?", err=True)
+
+    with state.progress() as progress:
+        if dry_run:
+            found, _ = delete_nodes(pks, dry_run=True, backend=backend, progress=progress, **rules)
+            describe(found)
+            return
+        found, deleted = delete_nodes(pks, dry_run=False if force else confirm, backend=backend, progress=progress, **rules)
+    if force:
+        describe(found)
+    if not deleted:
+        fail("deletion cancelled; nothing was deleted")
+    click.echo(f"Deleted {len(found)} node(s).")
+
+
+@cli.group("graph")
+@common_options
+def graph_group() -> None:
+    """Query the provenance graph and manage its transitive closure.
+
+    \b
+    Example:
+      aiida-sqla graph ancestors 42 --link-types create,input_calc --json
+    """
+
+
+def _link_types(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _ancestry_command(name: str, upward: bool) -> click.Command:
+    what = "ancestors" if upward else "descendants"
+    preposition = "to" if upward else "from"
+
+    @click.argument("pks", metavar="PK...", nargs=-1, type=int, required=True)
+    @click.option("--link-types", default="create,input_calc", show_default=True,
+                  help="Comma-separated link types to follow (create, return, input_calc, input_work, call_calc, call_work).")
+    @click.option("--max-depth", type=click.IntRange(min=0), help="Follow at most this many links (default: no limit).")
+    @json_option
+    @common_options
+    def command(pks: tuple[int, ...], link_types: str, max_depth: int | None, as_json: bool) -> None:
+        from . import graph  # noqa: PLC0415
+
+        state = get_state()
+        backend = state.backend()
+        _require_nodes(backend, pks)
+        types = _link_types(link_types)
+        function = graph.get_ancestors if upward else graph.get_descendants
+        found = function(pks, link_types=types, max_depth=max_depth, backend=backend)
+        if as_json:
+            emit_json({"pks": sorted(set(pks)), "link_types": types, "max_depth": max_depth, what: sorted(found),
+                       "count": len(found)})
+            return
+        click.echo(f"{len(found)} {what}")
+        if found:
+            click.echo(_format_pks(found, None if state.verbose else 200))
+
+    command.__doc__ = (
+        f"Print the {what} of the nodes PK...: nodes with a path of --link-types links {preposition} them.\n\n"
+        f"\b\nExample:\n  aiida-sqla graph {what} 42 --max-depth 3 --json\n"
+    )
+    return graph_group.command(name)(command)
+
+
+graph_ancestors = _ancestry_command("ancestors", upward=True)
+graph_descendants = _ancestry_command("descendants", upward=False)
+
+
+@graph_group.group("closure")
+@common_options
+def closure_group() -> None:
+    """Install, remove, rebuild or inspect the transitive closure table db_dbpath (kept by triggers).
+
+    \b
+    Example:
+      aiida-sqla graph closure install --link-types create,input_calc
+    """
+
+
+def _closure_session(state: CliState) -> Any:
+    return state.backend().get_session()
+
+
+def _print_closure_status(status: Any, as_json: bool) -> None:
+    data = {"installed": status.installed, "link_types": list(status.link_types), "rows": status.rows, "links": status.links}
+    if as_json:
+        emit_json(data)
+        return
+    if status.installed:
+        click.echo(f"closure installed for link types {', '.join(status.link_types)}: {status.rows} rows over {status.links} links")
+    else:
+        click.echo(f"closure not installed ({status.rows} rows in db_dbpath)")
+
+
+@closure_group.command("install")
+@click.option("--link-types", default="create,input_calc", show_default=True, help="Comma-separated link types it covers.")
+@common_options
+def closure_install(link_types: str) -> None:
+    """Install the closure triggers and fill db_dbpath from the links (replaces an installed closure).
+
+    \b
+    Example:
+      aiida-sqla graph closure install --link-types create,input_calc
+    """
+    from .closure import closure_status, install_tc  # noqa: PLC0415
+
+    state = get_state()
+    session = _closure_session(state)
+    with state.progress() as progress:
+        install_tc(session, link_types=_link_types(link_types), progress=progress)
+    _print_closure_status(closure_status(session), as_json=False)
+
+
+@closure_group.command("uninstall")
+@common_options
+def closure_uninstall() -> None:
+    """Drop the closure triggers and empty db_dbpath.
+
+    \b
+    Example:
+      aiida-sqla graph closure uninstall
+    """
+    from .closure import uninstall_tc  # noqa: PLC0415
+
+    uninstall_tc(_closure_session(get_state()))
+    click.echo("closure uninstalled")
+
+
+@closure_group.command("rebuild")
+@common_options
+def closure_rebuild() -> None:
+    """Recompute db_dbpath from the links for the installed link types.
+
+    \b
+    Example:
+      aiida-sqla graph closure rebuild
+    """
+    from .closure import closure_status, rebuild_tc  # noqa: PLC0415
+
+    state = get_state()
+    session = _closure_session(state)
+    with state.progress() as progress:
+        rebuild_tc(session, progress=progress)
+    _print_closure_status(closure_status(session), as_json=False)
+
+
+@closure_group.command("status")
+@json_option
+@common_options
+def closure_status_command(as_json: bool) -> None:
+    """Print whether the closure is installed, for which link types, and its row count.
+
+    \b
+    Example:
+      aiida-sqla graph closure status --json
+    """
+    from .closure import closure_status  # noqa: PLC0415
+
+    session = _closure_session(get_state())
+    _print_closure_status(closure_status(session), as_json)

@@ -9,6 +9,7 @@ import enum
 import io
 import os
 from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from .manager import SCHEMA_GENERATION_CODE, SqlaBackendManager, new_alembic_con
 from .models import Base, DbComment, DbComputer, DbGroup, DbLink, DbLog, DbNode, DbPath, DbSetting, DbUser
 from .profile import ProfileLike, database_url, describe_url
 from .settings import Setting
+from .sql import id_select
 
 __all__ = (
     "COUNTED_ENTITIES",
@@ -43,6 +45,7 @@ __all__ = (
     "drop_database",
     "list_settings",
     "migration_sql",
+    "missing_nodes",
     "pending_revisions",
     "require_compatible",
     "reset_storage",
@@ -266,6 +269,16 @@ def reset_storage(engine: Engine) -> dict[str, int]:
         for table in tables:
             deleted[table.name] = int(connection.execute(table.delete()).rowcount or 0)
     return deleted
+
+
+def missing_nodes(engine: Engine, pks: Iterable[int]) -> set[int]:
+    """The pks among ``pks`` that name no stored node (one query, any number of pks)."""
+    wanted = {int(pk) for pk in pks}
+    if not wanted:
+        return set()
+    with engine.connect() as connection:
+        found = connection.execute(select(DbNode.id).where(DbNode.id.in_(id_select(engine.dialect.name, wanted))))
+        return wanted - {row[0] for row in found}
 
 
 def list_settings(engine: Engine) -> list[Setting]:
