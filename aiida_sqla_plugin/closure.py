@@ -1,23 +1,523 @@
 """The transitive closure of provenance links in ``db_dbpath``, kept exact by database triggers.
 
-One row per (ancestor, descendant) pair with the number of distinct link paths between them.
+One row per (ancestor, descendant) pair with the number of distinct link paths between them (parallel links
+count as distinct paths). Only links of the covered types (default: ``create`` and ``input_calc``) are in the
+closure, and they must be acyclic: a link that would close a cycle is rejected by the trigger.
+
+Adding ``k`` parallel links ``u -> v`` to a DAG adds ``k * cnt(a -> u) * cnt(v -> d)`` paths to every pair with
+``a`` in ``{u} + ancestors(u)`` and ``d`` in ``{v} + descendants(v)`` (``cnt(x -> x) = 1``); removing them
+subtracts the same and drops the pairs that reach zero. PostgreSQL applies this once per distinct changed
+``(input, output)`` pair of a statement (statement-level triggers with transition tables, removals first) under
+a transaction-level advisory lock, so concurrent writers are serialised and, under READ COMMITTED, each sees
+the closure the others committed. SQLite applies it per row. :func:`install_tc` backfills the closure with a
+level-by-level path-count propagation (one set-based statement per path length).
 """
 from __future__ import annotations
 
-from sqlalchemy import select
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import Table, column, delete, func, insert, select, table
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
-from .models import DbSetting
+from .exceptions import NotExistent, ValidationError
+from .models import DbLink, DbPath, DbSetting, dialect_insert, utc_now
+from .progress import ProgressCallback, report
+from .sql import string_select
 
-__all__ = ("CLOSURE_SETTING_KEY", "DEFAULT_LINK_TYPES", "installed_link_types")
+__all__ = (
+    "CLOSURE_SETTING_KEY",
+    "CYCLE_MESSAGE",
+    "ClosureStatus",
+    "DEFAULT_LINK_TYPES",
+    "KNOWN_LINK_TYPES",
+    "closure_status",
+    "get_pg_tc",
+    "install_tc",
+    "installed_link_types",
+    "rebuild_tc",
+    "uninstall_tc",
+)
 
 #: Link types the closure covers unless told otherwise: the acyclic provenance links.
 DEFAULT_LINK_TYPES: tuple[str, ...] = ("create", "input_calc")
 #: Setting recording the link types of the installed closure (absent when it is not installed).
 CLOSURE_SETTING_KEY = "closure_link_types"
+#: Every link type of the provenance graph (AiiDA's ``LinkType`` values); the closure may cover any of them.
+KNOWN_LINK_TYPES: frozenset[str] = frozenset({"create", "return", "input_calc", "input_work", "call_calc", "call_work"})
+#: Start of every cycle error, from the triggers and from the backfill.
+CYCLE_MESSAGE = "provenance links must be acyclic"
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_PG_MAX_IDENTIFIER = 63
+_PG_SAFE_LITERAL = re.compile(r"[A-Za-z0-9_.:\- ]*\Z")
+
+
+@dataclass(frozen=True)
+class ClosureStatus:
+    """What :func:`closure_status` reports."""
+
+    installed: bool
+    link_types: tuple[str, ...]
+    rows: int
+    links: int  # links of the covered types
+
+
+@dataclass(frozen=True)
+class _Names:
+    """Validated, double-quoted names of the links and closure tables, and the prefix of generated objects."""
+
+    links: str
+    source: str
+    target: str
+    closure: str
+    parent: str
+    child: str
+    prefix: str
+    lock_key: int
+
+    def obj(self, suffix: str) -> str:
+        """The quoted name of a generated trigger or function."""
+        return f'"{self.prefix}_{suffix}"'
 
 
 def installed_link_types(connection: Connection) -> frozenset[str] | None:
     """The link types covered by the installed closure, or None when no closure is installed."""
     value = connection.execute(select(DbSetting.val).where(DbSetting.key == CLOSURE_SETTING_KEY)).scalar_one_or_none()
     return None if value is None else frozenset(value)
+
+
+def validate_link_types(link_types: Iterable[str]) -> tuple[str, ...]:
+    """The distinct link types, sorted, or :class:`ValidationError` if empty, a string or not all known."""
+    if isinstance(link_types, str) or not isinstance(link_types, Iterable):
+        raise ValidationError(f"link_types must be a collection of link type names, got {link_types!r}")
+    types = tuple(link_types)
+    if not types:
+        raise ValidationError("link_types must name at least one link type")
+    unknown = [value for value in types if not isinstance(value, str) or value not in KNOWN_LINK_TYPES]
+    if unknown:
+        raise ValidationError(f"unknown link types {unknown!r}; known are {sorted(KNOWN_LINK_TYPES)}")
+    return tuple(sorted(set(types)))
+
+
+def _quote(name: object, what: str) -> str:
+    if not isinstance(name, str) or not _IDENTIFIER.match(name) or len(name) > _PG_MAX_IDENTIFIER:
+        raise ValidationError(f"{what} must be a plain SQL identifier (letters, digits, '_'; at most 63), got {name!r}")
+    return f'"{name}"'
+
+
+def _names(links: str, source: str, target: str, closure: str, parent: str, child: str) -> _Names:
+    quoted = [
+        _quote(links, "links_table_name"),
+        _quote(source, "links_table_input_field"),
+        _quote(target, "links_table_output_field"),
+        _quote(closure, "closure_table_name"),
+        _quote(parent, "closure_table_parent_field"),
+        _quote(child, "closure_table_child_field"),
+    ]
+    prefix = f"tc_{links}_{closure}"
+    if len(prefix) + len("_after_insert") > _PG_MAX_IDENTIFIER:
+        raise ValidationError(f"table names {links!r} and {closure!r} are too long for the trigger names")
+    digest = hashlib.sha256(f"aiida-sqla closure {closure}".encode()).digest()
+    return _Names(*quoted, prefix=prefix, lock_key=int.from_bytes(digest[:8], "big", signed=True))
+
+
+def _pg_literal(value: str) -> str:
+    """A PostgreSQL string literal of ``value``: plain when harmless, else an escape string of code points only."""
+    if "\x00" in value:
+        raise ValidationError("link types must not contain NUL characters")
+    if _PG_SAFE_LITERAL.match(value):
+        return f"'{value}'"
+    # Every other character as a \U escape: no quote, backslash or dollar sign can reach the SQL text.
+    return "E'" + "".join(ch if ch.isalnum() and ch.isascii() else f"\\U{ord(ch):08X}" for ch in value) + "'"
+
+
+def _sqlite_literal(value: str) -> str:
+    if "\x00" in value:
+        raise ValidationError("link types must not contain NUL characters")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _default_names() -> _Names:
+    return _names("db_dblink", "input_id", "output_id", "db_dbpath", "parent_id", "child_id")
+
+
+# ---------------------------------------------------------------------------------------------------- PostgreSQL
+
+
+def _pg_ends(n: _Names, source: str, target: str) -> tuple[str, str]:
+    """Subqueries (node, paths) of ``{source} + ancestors(source)`` and ``{target} + descendants(target)``."""
+    ancestors = (
+        f"(SELECT {source}::bigint AS node, 1::bigint AS paths UNION ALL "
+        f"SELECT {n.parent}, {n.closure}.path_count FROM {n.closure} WHERE {n.child} = {source})"
+    )
+    descendants = (
+        f"(SELECT {target}::bigint AS node, 1::bigint AS paths UNION ALL "
+        f"SELECT {n.child}, {n.closure}.path_count FROM {n.closure} WHERE {n.parent} = {target})"
+    )
+    return ancestors, descendants
+
+
+def _pg_statements(n: _Names, link_types: tuple[str, ...]) -> list[str]:
+    covered = ", ".join(_pg_literal(value) for value in link_types)
+    ancestors, descendants = _pg_ends(n, "$1", "$2")
+    add = f"""CREATE OR REPLACE FUNCTION {n.obj("add")}(bigint, bigint, bigint) RETURNS void LANGUAGE plpgsql AS $tc$
+-- Add $3 parallel links $1 -> $2 to an exact closure (caller holds the closure lock).
+BEGIN
+    IF $1 = $2 OR EXISTS (SELECT 1 FROM {n.closure} WHERE {n.parent} = $2 AND {n.child} = $1) THEN
+        RAISE EXCEPTION '{CYCLE_MESSAGE}: a link from node % to node % would close a cycle', $1, $2
+            USING ERRCODE = 'check_violation';
+    END IF;
+    INSERT INTO {n.closure} AS t ({n.parent}, {n.child}, path_count)
+    SELECT a.node, d.node, $3 * a.paths * d.paths FROM {ancestors} AS a CROSS JOIN {descendants} AS d
+    ON CONFLICT ({n.parent}, {n.child}) DO UPDATE SET path_count = t.path_count + EXCLUDED.path_count;
+END
+$tc$;"""
+    remove = f"""CREATE OR REPLACE FUNCTION {n.obj("remove")}(bigint, bigint, bigint) RETURNS void LANGUAGE plpgsql AS $tc$
+-- Remove $3 parallel links $1 -> $2 from an exact closure (caller holds the closure lock).
+-- The pairs read (x, $1) and ($2, y) are never among the pairs changed: that would need a cycle.
+BEGIN
+    DELETE FROM {n.closure} AS t USING {ancestors} AS a, {descendants} AS d
+    WHERE t.{n.parent} = a.node AND t.{n.child} = d.node AND t.path_count = $3 * a.paths * d.paths;
+    UPDATE {n.closure} AS t SET path_count = t.path_count - $3 * a.paths * d.paths
+    FROM {ancestors} AS a, {descendants} AS d WHERE t.{n.parent} = a.node AND t.{n.child} = d.node;
+END
+$tc$;"""
+    lock = f"PERFORM pg_advisory_xact_lock({n.lock_key});"
+
+    def covered_rows(transition: str, sign: int) -> str:
+        return (
+            f"SELECT {n.source} AS src, {n.target} AS dst, {sign} AS n FROM {transition} "
+            f'WHERE "type" IN ({covered})'
+        )
+
+    def statement_function(suffix: str, check: str, deltas: str, shortcut: str = "") -> str:
+        return f"""CREATE OR REPLACE FUNCTION {n.obj(suffix)}() RETURNS trigger LANGUAGE plpgsql AS $tc$
+DECLARE
+    link record;
+BEGIN
+    IF NOT EXISTS ({check}) THEN
+        RETURN NULL;
+    END IF;
+    {lock}{shortcut}
+    FOR link IN {deltas} LOOP
+        IF link.n > 0 THEN
+            PERFORM {n.obj("add")}(link.src, link.dst, link.n);
+        ELSE
+            PERFORM {n.obj("remove")}(link.src, link.dst, -link.n);
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$tc$;"""
+
+    # When a statement leaves no covered link at all (e.g. emptying the table), the closure is simply empty.
+    all_gone = f"""
+    IF NOT EXISTS (SELECT 1 FROM {n.links} WHERE "type" IN ({covered})) THEN
+        DELETE FROM {n.closure};
+        RETURN NULL;
+    END IF;"""
+    grouped = "SELECT src, dst, sum(n)::bigint AS n FROM ({rows}) AS changes GROUP BY src, dst"
+    on_insert = statement_function(
+        "after_insert",
+        covered_rows("tc_new", 1),
+        grouped.format(rows=covered_rows("tc_new", 1)) + " ORDER BY src, dst",
+    )
+    on_delete = statement_function(
+        "after_delete",
+        covered_rows("tc_old", -1),
+        grouped.format(rows=covered_rows("tc_old", -1)) + " ORDER BY src, dst",
+        all_gone,
+    )
+    # An update is the net change of the multiset of covered (input, output) pairs: removals first, so that no
+    # intermediate state holds a link the final one does not (no spurious cycle error).
+    both = covered_rows("tc_old", -1) + " UNION ALL " + covered_rows("tc_new", 1)
+    on_update = statement_function(
+        "after_update",
+        both,
+        grouped.format(rows=both) + " HAVING sum(n) <> 0 ORDER BY sum(n) > 0, src, dst",
+        all_gone,
+    )
+    on_truncate = f"""CREATE OR REPLACE FUNCTION {n.obj("after_truncate")}() RETURNS trigger LANGUAGE plpgsql AS $tc$
+BEGIN
+    {lock}
+    DELETE FROM {n.closure};
+    RETURN NULL;
+END
+$tc$;"""
+    triggers = [
+        f"CREATE TRIGGER {n.obj('insert')} AFTER INSERT ON {n.links} REFERENCING NEW TABLE AS tc_new "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {n.obj('after_insert')}();",
+        f"CREATE TRIGGER {n.obj('delete')} AFTER DELETE ON {n.links} REFERENCING OLD TABLE AS tc_old "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {n.obj('after_delete')}();",
+        f"CREATE TRIGGER {n.obj('update')} AFTER UPDATE ON {n.links} REFERENCING OLD TABLE AS tc_old NEW TABLE AS tc_new "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {n.obj('after_update')}();",
+        f"CREATE TRIGGER {n.obj('truncate')} AFTER TRUNCATE ON {n.links} "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {n.obj('after_truncate')}();",
+    ]
+    return [*_pg_drop_statements(n, functions=False), add, remove, on_insert, on_delete, on_update, on_truncate, *triggers]
+
+
+def _pg_drop_statements(n: _Names, functions: bool = True) -> list[str]:
+    statements = [f"DROP TRIGGER IF EXISTS {n.obj(event)} ON {n.links};" for event in ("insert", "delete", "update", "truncate")]
+    if functions:
+        statements += [
+            f"DROP FUNCTION IF EXISTS {n.obj(name)}();" for name in ("after_insert", "after_delete", "after_update", "after_truncate")
+        ]
+        statements += [f"DROP FUNCTION IF EXISTS {n.obj(name)}(bigint, bigint, bigint);" for name in ("add", "remove")]
+    return statements
+
+
+def get_pg_tc(
+    links_table_name: str,
+    links_table_input_field: str,
+    links_table_output_field: str,
+    closure_table_name: str,
+    closure_table_parent_field: str,
+    closure_table_child_field: str,
+    link_types: Iterable[str] = DEFAULT_LINK_TYPES,
+) -> str:
+    """The PostgreSQL SQL (functions and statement-level triggers) keeping the closure table exact.
+
+    The closure table needs a ``path_count`` column and a unique key on (parent, child); the links table a
+    ``type`` column. Names must be plain identifiers (:class:`ValidationError` otherwise); they are quoted.
+    The script is idempotent: it replaces the functions and triggers of an earlier run.
+    """
+    names = _names(
+        links_table_name,
+        links_table_input_field,
+        links_table_output_field,
+        closure_table_name,
+        closure_table_parent_field,
+        closure_table_child_field,
+    )
+    return "\n\n".join(_pg_statements(names, validate_link_types(link_types))) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------- SQLite
+
+
+def _sqlite_changes(n: _Names, row: str, condition: str, add: bool) -> list[str]:
+    """Trigger-body statements adding (or removing) the link ``row`` (NEW or OLD) when ``condition`` holds."""
+    source, target = f"{row}.{n.source}", f"{row}.{n.target}"
+    ancestors = (
+        f"(SELECT {source} AS node, 1 AS paths UNION ALL "
+        f"SELECT {n.parent}, path_count FROM {n.closure} WHERE {n.child} = {source})"
+    )
+    descendants = (
+        f"(SELECT {target} AS node, 1 AS paths UNION ALL "
+        f"SELECT {n.child}, path_count FROM {n.closure} WHERE {n.parent} = {target})"
+    )
+    if add:
+        return [
+            f"SELECT RAISE(ABORT, '{CYCLE_MESSAGE}: this link would close a cycle') WHERE ({condition}) AND "
+            f"({source} = {target} OR EXISTS (SELECT 1 FROM {n.closure} WHERE {n.parent} = {target} AND {n.child} = {source}));",
+            f"INSERT INTO {n.closure} ({n.parent}, {n.child}, path_count) "
+            f"SELECT a.node, d.node, a.paths * d.paths FROM {ancestors} AS a, {descendants} AS d WHERE {condition} "
+            f"ON CONFLICT ({n.parent}, {n.child}) DO UPDATE SET path_count = path_count + excluded.path_count;",
+        ]
+    return [
+        f"DELETE FROM {n.closure} WHERE ({condition}) AND ({n.parent}, {n.child}, path_count) IN "
+        f"(SELECT a.node, d.node, a.paths * d.paths FROM {ancestors} AS a, {descendants} AS d);",
+        f"UPDATE {n.closure} SET path_count = {n.closure}.path_count - a.paths * d.paths "
+        f"FROM {ancestors} AS a, {descendants} AS d "
+        f"WHERE ({condition}) AND {n.closure}.{n.parent} = a.node AND {n.closure}.{n.child} = d.node;",
+    ]
+
+
+def _sqlite_statements(n: _Names, link_types: tuple[str, ...]) -> list[str]:
+    covered = ", ".join(_sqlite_literal(value) for value in link_types)
+    old_in, new_in = f'OLD."type" IN ({covered})', f'NEW."type" IN ({covered})'
+    same = f"{old_in} AND {new_in} AND OLD.{n.source} = NEW.{n.source} AND OLD.{n.target} = NEW.{n.target}"
+    insert_body = _sqlite_changes(n, "NEW", "1", add=True)
+    delete_body = _sqlite_changes(n, "OLD", "1", add=False)
+    update_body = _sqlite_changes(n, "OLD", f"{old_in} AND NOT ({same})", add=False)
+    update_body += _sqlite_changes(n, "NEW", f"{new_in} AND NOT ({same})", add=True)
+
+    def trigger(suffix: str, event: str, when: str, body: list[str]) -> str:
+        lines = "\n    ".join(body)
+        return f"CREATE TRIGGER {n.obj(suffix)} AFTER {event} ON {n.links} FOR EACH ROW WHEN {when}\nBEGIN\n    {lines}\nEND;"
+
+    return [
+        *_sqlite_drop_statements(n),
+        trigger("insert", "INSERT", new_in, insert_body),
+        trigger("delete", "DELETE", old_in, delete_body),
+        trigger("update", f'UPDATE OF {n.source}, {n.target}, "type"', f"{old_in} OR {new_in}", update_body),
+    ]
+
+
+def _sqlite_drop_statements(n: _Names) -> list[str]:
+    return [f"DROP TRIGGER IF EXISTS {n.obj(event)};" for event in ("insert", "delete", "update")]
+
+
+# ---------------------------------------------------------------------------------------------------- install
+
+
+def _dialect(session: Session) -> str:
+    name = session.get_bind().dialect.name
+    if name not in ("postgresql", "sqlite"):
+        raise ValidationError(f"the closure supports PostgreSQL and SQLite, not {name!r}")
+    return name
+
+
+def _execute_script(connection: Connection, statements: list[str]) -> None:
+    for statement in statements:
+        connection.execution_options(no_parameters=True).exec_driver_sql(statement)
+
+
+def _lock(connection: Connection, dialect: str, names: _Names) -> None:
+    if dialect == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({names.lock_key})")
+
+
+def _backfill(connection: Connection, dialect: str, link_types: tuple[str, ...], progress: ProgressCallback | None) -> int:
+    """Fill the (empty) closure from the covered links; returns its row count. Raises on a cycle.
+
+    ``P_1`` is the link multigraph, ``P_{k+1}(a, d) = sum_x P_k(a, x) * E(x, d)``, one grouped statement per
+    path length; the closure is the sum of all ``P_k``. In a DAG ``P_k`` is empty past the longest path; a
+    cycle shows as a pair ``(a, a)``.
+    """
+    suffix = " ON COMMIT DROP" if dialect == "postgresql" else ""
+    names = ("tc_edge", "tc_level_0", "tc_level_1", "tc_sum")
+    if dialect == "sqlite":
+        _execute_script(connection, [f"DROP TABLE IF EXISTS temp.{name}" for name in names])
+    _execute_script(
+        connection,
+        [f"CREATE TEMPORARY TABLE {name} (src bigint NOT NULL, dst bigint NOT NULL, n bigint NOT NULL){suffix}" for name in names]
+        + ["CREATE INDEX tc_edge_src ON tc_edge (src)"],
+    )
+    edge, level0, level1, total = (table(name, column("src"), column("dst"), column("n")) for name in names)
+    links: Table = DbLink.__table__  # type: ignore[assignment]
+    connection.execute(
+        insert(edge).from_select(
+            ["src", "dst", "n"],
+            select(links.c.input_id, links.c.output_id, func.count())
+            .where(links.c.type.in_(string_select(dialect, link_types)))
+            .group_by(links.c.input_id, links.c.output_id),
+        )
+    )
+    if dialect == "postgresql":
+        connection.exec_driver_sql("ANALYZE tc_edge")
+    connection.execute(insert(level0).from_select(["src", "dst", "n"], select(edge.c.src, edge.c.dst, edge.c.n)))
+    current, following = level0, level1
+    length = 0
+    while True:
+        looped = connection.execute(select(current.c.src).where(current.c.src == current.c.dst).limit(1)).scalar()
+        if looped is not None:
+            raise ValidationError(f"{CYCLE_MESSAGE}: node {looped} reaches itself through links of types {list(link_types)}")
+        connection.execute(insert(total).from_select(["src", "dst", "n"], select(current.c.src, current.c.dst, current.c.n)))
+        length += 1
+        report(progress, "closure", length, None)
+        connection.execute(delete(following))
+        grown = connection.execute(
+            insert(following).from_select(
+                ["src", "dst", "n"],
+                select(current.c.src, edge.c.dst, func.sum(current.c.n * edge.c.n))
+                .join(edge, edge.c.src == current.c.dst)
+                .group_by(current.c.src, edge.c.dst),
+            )
+        ).rowcount
+        current, following = following, current
+        if not grown:
+            break
+    paths: Table = DbPath.__table__  # type: ignore[assignment]
+    rows = connection.execute(
+        insert(paths).from_select(
+            ["parent_id", "child_id", "path_count"],
+            select(total.c.src, total.c.dst, func.sum(total.c.n)).group_by(total.c.src, total.c.dst),
+        )
+    ).rowcount
+    if dialect == "sqlite":
+        _execute_script(connection, [f"DROP TABLE temp.{name}" for name in names])
+    report(progress, "closure", length, length)
+    return int(rows or 0)
+
+
+def _as_validation_error(error: DBAPIError) -> ValidationError | None:
+    message = str(error.orig) if error.orig is not None else str(error)
+    if CYCLE_MESSAGE not in message:
+        return None
+    return ValidationError(message.strip().splitlines()[0])
+
+
+def install_tc(session: Session, link_types: Iterable[str] = DEFAULT_LINK_TYPES, progress: ProgressCallback | None = None) -> None:
+    """Install the closure triggers on ``db_dblink``, refill ``db_dbpath`` from the links, record the types, commit.
+
+    Reinstalling (with the same or other link types) replaces the triggers and recomputes the closure. Raises
+    :class:`ValidationError` (and rolls back) for bad link types or a cycle among the covered links.
+    """
+    types = validate_link_types(link_types)
+    dialect = _dialect(session)
+    names = _default_names()
+    statements = _pg_statements(names, types) if dialect == "postgresql" else _sqlite_statements(names, types)
+    try:
+        connection = session.connection()
+        _lock(connection, dialect, names)
+        _execute_script(connection, statements)
+        connection.execute(delete(DbPath.__table__))
+        _backfill(connection, dialect, types, progress)
+        upsert = dialect_insert(dialect, DbSetting).values(
+            key=CLOSURE_SETTING_KEY,
+            val=list(types),
+            description="Link types covered by the transitive closure in db_dbpath",
+            time=utc_now(),
+        )
+        connection.execute(
+            upsert.on_conflict_do_update(index_elements=["key"], set_={"val": upsert.excluded.val, "time": upsert.excluded.time})
+        )
+        session.commit()
+    except DBAPIError as error:
+        session.rollback()
+        wrapped = _as_validation_error(error)
+        if wrapped is None:
+            raise
+        raise wrapped from error
+    except BaseException:
+        session.rollback()
+        raise
+
+
+def uninstall_tc(session: Session) -> None:
+    """Drop the closure triggers, empty ``db_dbpath`` and delete the closure setting, then commit."""
+    dialect = _dialect(session)
+    names = _default_names()
+    try:
+        connection = session.connection()
+        _lock(connection, dialect, names)
+        _execute_script(connection, _pg_drop_statements(names) if dialect == "postgresql" else _sqlite_drop_statements(names))
+        connection.execute(delete(DbPath.__table__))
+        connection.execute(delete(DbSetting.__table__).where(DbSetting.__table__.c.key == CLOSURE_SETTING_KEY))
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+
+
+def rebuild_tc(session: Session, progress: ProgressCallback | None = None) -> None:
+    """Recompute the closure from the links (and reinstall its triggers) with the installed link types.
+
+    :class:`NotExistent` when no closure is installed, :class:`ValidationError` on a cycle.
+    """
+    types = installed_link_types(session.connection())
+    if types is None:
+        session.rollback()
+        raise NotExistent("no transitive closure is installed; use install_tc()")
+    install_tc(session, types, progress)
+
+
+def closure_status(session: Session) -> ClosureStatus:
+    """Whether the closure is installed, for which link types, its row count and the number of covered links."""
+    connection = session.connection()
+    types = installed_link_types(connection)
+    rows = connection.execute(select(func.count()).select_from(DbPath.__table__)).scalar_one()
+    if types is None:
+        return ClosureStatus(False, (), int(rows), 0)
+    ordered = tuple(sorted(types))
+    links = connection.execute(
+        select(func.count()).select_from(DbLink.__table__).where(DbLink.type.in_(string_select(_dialect(session), ordered)))
+    ).scalar_one()
+    return ClosureStatus(True, ordered, int(rows), int(links))

@@ -5,10 +5,20 @@ from typing import Any
 
 from sqlalchemy.orm.attributes import flag_modified as _sqla_flag_modified
 
+from .closure import closure_status, get_pg_tc, install_tc, rebuild_tc, uninstall_tc  # noqa: F401
 from .graph import delete_nodes_and_connections_sqla
 from .models import Base
 
-__all__ = ("ModelWrapper", "delete_nodes_and_connections_sqla", "flag_modified")
+__all__ = (
+    "ModelWrapper",
+    "closure_status",
+    "delete_nodes_and_connections_sqla",
+    "flag_modified",
+    "get_pg_tc",
+    "install_tc",
+    "rebuild_tc",
+    "uninstall_tc",
+)
 
 
 class ModelWrapper:

@@ -1,0 +1,568 @@
+"""The transitive closure ``db_dbpath``: exact path counts under every change of ``db_dblink``, on both dialects."""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, InternalError
+from sqlalchemy.orm import Session
+
+from aiida_sqla_plugin.backend import SqlaBackend
+from aiida_sqla_plugin.closure import (
+    CLOSURE_SETTING_KEY,
+    CYCLE_MESSAGE,
+    DEFAULT_LINK_TYPES,
+    ClosureStatus,
+    closure_status,
+    get_pg_tc,
+    install_tc,
+    installed_link_types,
+    rebuild_tc,
+    uninstall_tc,
+)
+from aiida_sqla_plugin.exceptions import NotExistent, ValidationError
+from aiida_sqla_plugin.models import DbLink, DbNode, DbPath, DbSetting, DbUser
+
+LINKS = DbLink.__table__
+NODES = DbNode.__table__
+PATHS = DbPath.__table__
+Edge = tuple[int, int, str]  # (input, output, type)
+CYCLE_ERRORS = (IntegrityError, InternalError)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def add_nodes(connection: Connection, user_id: int, count: int) -> list[int]:
+    """Store ``count`` nodes; returns their ids in order."""
+    first = connection.execute(select(func.coalesce(func.max(NODES.c.id), 0))).scalar_one()
+    connection.execute(insert(NODES), [{"node_type": "data.core.int.Int.", "user_id": user_id} for _ in range(count)])
+    ids = list(connection.execute(select(NODES.c.id).where(NODES.c.id > first).order_by(NODES.c.id)).scalars())
+    assert len(ids) == count
+    return ids
+
+
+def add_links(connection: Connection, edges: Iterable[Edge]) -> None:
+    """Store links in one multi-row statement."""
+    rows = [{"input_id": u, "output_id": v, "type": kind, "label": f"l{u}_{v}"} for u, v, kind in edges]
+    connection.execute(insert(LINKS), rows)
+
+
+def closure(connection: Connection) -> dict[tuple[int, int], int]:
+    """``db_dbpath`` as a dict."""
+    return {(p, c): n for p, c, n in connection.execute(select(PATHS.c.parent_id, PATHS.c.child_id, PATHS.c.path_count))}
+
+
+def expected_closure(edges: Iterable[Edge], types: Iterable[str] = DEFAULT_LINK_TYPES) -> dict[tuple[int, int], int]:
+    """Path counts computed in Python: DP over a topological order (asserts the covered graph is acyclic)."""
+    covered = set(types)
+    multiplicity = Counter((u, v) for u, v, kind in edges if kind in covered)
+    successors: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    indegree: Counter[int] = Counter()
+    nodes: set[int] = set()
+    for (u, v), k in multiplicity.items():
+        successors[u].append((v, k))
+        indegree[v] += 1
+        nodes |= {u, v}
+    order = [node for node in nodes if indegree[node] == 0]
+    for node in order:  # Kahn's algorithm: the list grows while it is walked
+        for v, _ in successors[node]:
+            indegree[v] -= 1
+            if indegree[v] == 0:
+                order.append(v)
+    assert len(order) == len(nodes), "the model graph has a cycle"
+    result: dict[tuple[int, int], int] = {}
+    for source in nodes:
+        counts: Counter[int] = Counter({source: 1})
+        for node in order:  # topological: every count into `node` is final when it is expanded
+            if counts[node]:
+                for v, k in successors[node]:
+                    counts[v] += counts[node] * k
+        result.update({(source, node): n for node, n in counts.items() if node != source and n})
+    return result
+
+
+def is_acyclic(edges: Iterable[Edge], types: Iterable[str] = DEFAULT_LINK_TYPES) -> bool:
+    try:
+        expected_closure(edges, types)
+    except AssertionError:
+        return False
+    return True
+
+
+def all_links(connection: Connection) -> list[Edge]:
+    return [(u, v, kind) for u, v, kind in connection.execute(select(LINKS.c.input_id, LINKS.c.output_id, LINKS.c.type))]
+
+
+def assert_exact(connection: Connection, types: Iterable[str] = DEFAULT_LINK_TYPES) -> dict[tuple[int, int], int]:
+    actual = closure(connection)
+    assert actual == expected_closure(all_links(connection), types)
+    return actual
+
+
+@pytest.fixture
+def engine(backend: SqlaBackend) -> Engine:
+    return backend.engine
+
+
+@pytest.fixture
+def installed(backend: SqlaBackend, user: DbUser) -> Engine:
+    """A migrated database with the closure installed (default link types)."""
+    with Session(backend.engine) as session:
+        install_tc(session)
+    return backend.engine
+
+
+@pytest.fixture
+def nodes(installed: Engine, user: DbUser) -> list[int]:
+    """Ten stored nodes, the closure installed."""
+    with installed.begin() as connection:
+        return add_nodes(connection, user.id, 10)
+
+
+# ------------------------------------------------------------------------------------------------ exactness
+
+
+def test_diamond_counts_two_paths(installed: Engine, nodes: list[int]) -> None:
+    a, b, c, d = nodes[:4]
+    with installed.begin() as connection:
+        add_links(connection, [(a, b, "create"), (a, c, "input_calc"), (b, d, "create"), (c, d, "create")])
+    with installed.connect() as connection:
+        assert closure(connection) == {(a, b): 1, (a, c): 1, (b, d): 1, (c, d): 1, (a, d): 2}
+
+
+def test_parallel_links_are_distinct_paths(installed: Engine, nodes: list[int]) -> None:
+    a, b, c = nodes[:3]
+    with installed.begin() as connection:
+        add_links(connection, [(a, b, "create"), (a, b, "input_calc")])  # one statement, two parallel links
+        add_links(connection, [(b, c, "create")])
+        add_links(connection, [(b, c, "create")])  # a parallel link in a statement of its own
+    with installed.connect() as connection:
+        assert closure(connection) == {(a, b): 2, (b, c): 2, (a, c): 4}
+    with installed.begin() as connection:
+        connection.execute(delete(LINKS).where(LINKS.c.id == select(func.min(LINKS.c.id)).scalar_subquery()))
+        assert closure(connection) == {(a, b): 1, (b, c): 2, (a, c): 2}
+
+
+def test_chain_and_uncovered_types(installed: Engine, nodes: list[int]) -> None:
+    chain = nodes[:6]
+    with installed.begin() as connection:
+        add_links(connection, [(u, v, "create") for u, v in zip(chain, chain[1:])])
+        add_links(connection, [(chain[-1], chain[0], "return"), (nodes[7], nodes[8], "call_calc")])  # not covered
+        result = assert_exact(connection)
+    assert len(result) == 15 and set(result.values()) == {1}
+    assert (chain[0], chain[5]) in result and (nodes[7], nodes[8]) not in result
+
+
+def test_deletes_remove_paths_reaching_zero(installed: Engine, nodes: list[int]) -> None:
+    a, b, c, d, e = nodes[:5]
+    edges = [(a, b, "create"), (b, c, "create"), (a, c, "create"), (c, d, "input_calc"), (d, e, "create")]
+    with installed.begin() as connection:
+        add_links(connection, edges)
+        assert closure(connection)[(a, e)] == 2
+        connection.execute(delete(LINKS).where(LINKS.c.input_id == a, LINKS.c.output_id == c))
+        result = assert_exact(connection)
+        assert result[(a, e)] == 1
+        # one statement deleting several links, leaving others
+        connection.execute(delete(LINKS).where(LINKS.c.output_id.in_([b, d])))
+        assert closure(connection) == {(b, c): 1, (d, e): 1} == assert_exact(connection)
+        connection.execute(delete(LINKS))
+        assert closure(connection) == {}
+
+
+def test_updates_of_endpoints(installed: Engine, nodes: list[int]) -> None:
+    a, b, c, d = nodes[:4]
+    with installed.begin() as connection:
+        add_links(connection, [(a, b, "create"), (b, c, "create"), (c, d, "create")])
+        connection.execute(update(LINKS).where(LINKS.c.input_id == b).values(input_id=a))  # b->c becomes a->c
+        assert closure(connection) == {(a, b): 1, (a, c): 1, (c, d): 1, (a, d): 1}
+        connection.execute(update(LINKS).where(LINKS.c.output_id == d).values(output_id=b))  # c->d becomes c->b
+        assert_exact(connection)
+        connection.execute(update(LINKS).values(label="relabelled"))  # no endpoint change: nothing to do
+        assert_exact(connection)
+
+
+def test_multi_row_update_reversing_links(installed: Engine, nodes: list[int], dialect: str) -> None:
+    a, b, c = nodes[:3]
+    with installed.begin() as connection:
+        add_links(connection, [(a, b, "create"), (b, c, "create")])
+        connection.execute(
+            update(LINKS).values(input_id=LINKS.c.output_id, output_id=LINKS.c.input_id)
+        )  # final graph c->b->a is acyclic
+        assert closure(connection) == {(c, b): 1, (b, a): 1, (c, a): 1}
+
+
+def test_type_change_moves_links_in_and_out(installed: Engine, nodes: list[int]) -> None:
+    a, b, c = nodes[:3]
+    with installed.begin() as connection:
+        add_links(connection, [(a, b, "create"), (b, c, "return")])
+        assert closure(connection) == {(a, b): 1}
+        connection.execute(update(LINKS).where(LINKS.c.input_id == b).values(type="input_calc"))  # moves in
+        assert closure(connection) == {(a, b): 1, (b, c): 1, (a, c): 1}
+        connection.execute(update(LINKS).where(LINKS.c.input_id == a).values(type="call_work"))  # moves out
+        assert closure(connection) == {(b, c): 1}
+        connection.execute(update(LINKS).where(LINKS.c.input_id == b).values(type="create"))  # covered -> covered
+        assert closure(connection) == {(b, c): 1}
+
+
+def test_node_delete_cascades_links_and_closure(installed: Engine, nodes: list[int]) -> None:
+    a, b, c, d = nodes[:4]
+    with installed.begin() as connection:
+        add_links(connection, [(a, b, "create"), (b, c, "create"), (a, c, "create"), (c, d, "create")])
+    with installed.begin() as connection:
+        connection.execute(delete(LINKS).where(LINKS.c.input_id == d))  # nothing: d has no outgoing links
+        connection.execute(delete(LINKS).where(LINKS.c.input_id == c))  # the outgoing link blocks deletion of c
+        connection.execute(delete(NODES).where(NODES.c.id == c))  # cascades a->c and b->c through output_id
+        assert connection.execute(select(func.count()).select_from(LINKS)).scalar_one() == 1
+        assert closure(connection) == {(a, b): 1}
+    with installed.begin() as connection:
+        connection.execute(delete(NODES).where(NODES.c.id == b))  # cascades the last link
+        assert closure(connection) == {}
+
+
+def test_cycles_are_rejected_by_the_trigger(installed: Engine, nodes: list[int], dialect: str) -> None:
+    a, b, c = nodes[:3]
+    with installed.begin() as connection:
+        add_links(connection, [(a, b, "create"), (b, c, "create")])
+    attempts: list[list[Edge]] = [[(c, a, "input_calc")], [(b, b, "create")], [(a, c, "create"), (c, a, "create")]]
+    for edges in attempts:
+        with pytest.raises(CYCLE_ERRORS) as caught, installed.begin() as connection:
+            add_links(connection, edges)
+        assert CYCLE_MESSAGE in str(caught.value)
+        if dialect == "postgresql":
+            assert f"from node {edges[-1][0]} to node {edges[-1][1]}" in str(caught.value)
+    with pytest.raises(CYCLE_ERRORS, match=CYCLE_MESSAGE), installed.begin() as connection:
+        connection.execute(update(LINKS).where(LINKS.c.input_id == b).values(input_id=c, output_id=a))  # b->c => c->a: ok
+        connection.execute(update(LINKS).where(LINKS.c.input_id == a).values(type="input_calc"))  # no change
+        connection.execute(update(LINKS).where(LINKS.c.input_id == a).values(input_id=b))  # b->b: self-loop
+    with installed.begin() as connection:
+        add_links(connection, [(c, a, "return")])  # uncovered links may close cycles
+    with pytest.raises(CYCLE_ERRORS, match=CYCLE_MESSAGE), installed.begin() as connection:
+        connection.execute(update(LINKS).where(LINKS.c.type == "return").values(type="create"))
+    with installed.connect() as connection:
+        assert closure(connection) == {(a, b): 1, (b, c): 1, (a, c): 1}
+
+
+# ------------------------------------------------------------------------------------------------ install & co
+
+
+def _random_dag(count: int, seed: int) -> list[tuple[int, int]]:
+    import random
+
+    rng = random.Random(seed)
+    return [(rng.randrange(0, j), j) for j in range(1, count) for _ in range(rng.choice((1, 1, 2, 3)))]
+
+
+def test_install_backfill_matches_triggers(backend: SqlaBackend, user: DbUser) -> None:
+    types = ("create", "input_calc", "input_work")
+    kinds = ("create", "input_calc", "input_work", "return", "call_calc")
+    with backend.engine.begin() as connection:
+        ids = add_nodes(connection, user.id, 60)
+        edges = [(ids[u], ids[v], kinds[(u * 7 + v) % len(kinds)]) for u, v in _random_dag(60, 1)]
+        add_links(connection, edges)
+    calls: list[tuple[str, int, int | None]] = []
+    with Session(backend.engine) as session:
+        install_tc(session, types, progress=lambda what, done, total: calls.append((what, done, total)))
+    assert calls and calls[-1][0] == "closure" and calls[-1][1] == calls[-1][2] and calls[-1][1] > 1
+    with backend.engine.connect() as connection:
+        backfilled = assert_exact(connection, types)
+        assert installed_link_types(connection) == frozenset(types)
+    assert len(backfilled) > 100
+    # the same links stored one statement each through the triggers give the same table
+    with backend.engine.begin() as connection:
+        connection.execute(delete(LINKS))
+        assert closure(connection) == {}
+        for edge in edges:
+            add_links(connection, [edge])
+        assert closure(connection) == backfilled
+    with Session(backend.engine) as session:
+        status = closure_status(session)
+    assert status == ClosureStatus(True, tuple(sorted(types)), len(backfilled), sum(kind in types for *_, kind in edges))
+
+
+def test_install_rejects_existing_cycle(backend: SqlaBackend, user: DbUser) -> None:
+    with backend.engine.begin() as connection:
+        a, b, c, d = add_nodes(connection, user.id, 4)
+        add_links(connection, [(a, b, "create"), (b, c, "input_calc"), (c, b, "create"), (c, d, "return")])
+    with Session(backend.engine) as session, pytest.raises(ValidationError, match=CYCLE_MESSAGE):
+        install_tc(session)
+    with Session(backend.engine) as session:  # rolled back: nothing installed, nothing left behind
+        assert closure_status(session) == ClosureStatus(False, (), 0, 0)
+    with backend.engine.begin() as connection:
+        add_links(connection, [(a, d, "create"), (a, d, "create")])  # no triggers: no error
+        connection.execute(delete(LINKS).where(LINKS.c.input_id == c, LINKS.c.output_id == b))
+    with Session(backend.engine) as session:
+        install_tc(session, ["create", "input_calc", "return"])
+        assert closure_status(session).rows == 6
+    with backend.engine.connect() as connection:
+        assert assert_exact(connection, ["create", "input_calc", "return"])[(a, d)] == 3
+    with Session(backend.engine) as session:
+        uninstall_tc(session)
+    with backend.engine.begin() as connection:  # self-loops are cycles for the backfill too
+        add_links(connection, [(b, b, "create")])
+    with Session(backend.engine) as session, pytest.raises(ValidationError, match=f"node {b} reaches itself"):
+        install_tc(session)
+
+
+def test_uninstall_and_rebuild(installed: Engine, nodes: list[int]) -> None:
+    a, b, c = nodes[:3]
+    with installed.begin() as connection:
+        add_links(connection, [(a, b, "create"), (b, c, "create")])
+    with Session(installed) as session:
+        assert closure_status(session) == ClosureStatus(True, DEFAULT_LINK_TYPES, 3, 2)
+        uninstall_tc(session)
+        assert closure_status(session) == ClosureStatus(False, (), 0, 0)
+        assert session.execute(select(DbSetting).where(DbSetting.key == CLOSURE_SETTING_KEY)).first() is None
+    with installed.begin() as connection:
+        add_links(connection, [(c, a, "create")])  # triggers are gone: cycles and changes go unnoticed
+        assert closure(connection) == {}
+    with Session(installed) as session, pytest.raises(NotExistent):
+        rebuild_tc(session)
+    with installed.begin() as connection:
+        connection.execute(delete(LINKS).where(LINKS.c.input_id == c))
+    with Session(installed) as session:
+        install_tc(session, ["input_calc"])  # nothing covered
+        assert closure_status(session) == ClosureStatus(True, ("input_calc",), 0, 0)
+        session.execute(update(DbSetting.__table__).where(DbSetting.key == CLOSURE_SETTING_KEY).values(val=["create"]))
+        session.commit()
+        rebuild_tc(session)
+        assert closure_status(session) == ClosureStatus(True, ("create",), 3, 2)
+    with installed.begin() as connection:
+        assert assert_exact(connection)[(a, c)] == 1
+        connection.execute(delete(PATHS))  # a damaged closure ...
+        add_links(connection, [(c, a, "create")])  # ... misses this cycle ...
+        connection.execute(delete(LINKS).where(LINKS.c.input_id == c))
+    with Session(installed) as session:
+        rebuild_tc(session)  # ... and a rebuild repairs it
+    with installed.connect() as connection:
+        assert assert_exact(connection)[(a, c)] == 1
+
+
+@pytest.mark.parametrize(
+    "link_types", [(), "create", ["create", "nonsense"], [None], ["create; DROP TABLE db_dbnode"]]
+)
+def test_bad_link_types(installed: Engine, link_types: object) -> None:
+    with Session(installed) as session, pytest.raises(ValidationError):
+        install_tc(session, link_types)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        get_pg_tc("db_dblink", "input_id", "output_id", "db_dbpath", "parent_id", "child_id", link_types)  # type: ignore[arg-type]
+    with Session(installed) as session:
+        assert closure_status(session).link_types == DEFAULT_LINK_TYPES
+
+
+@pytest.mark.parametrize(
+    "bad", ['db_dblink"; DROP TABLE x; --', "1abc", "", "a b", "a.b", "x" * 64, None, "naïve"]
+)
+def test_get_pg_tc_rejects_bad_identifiers(bad: object) -> None:
+    good = ["db_dblink", "input_id", "output_id", "db_dbpath", "parent_id", "child_id"]
+    for position in range(len(good)):
+        names = list(good)
+        names[position] = bad  # type: ignore[call-overload]
+        with pytest.raises(ValidationError):
+            get_pg_tc(*names)
+
+
+def test_get_pg_tc_quotes_names_and_types() -> None:
+    sql = get_pg_tc("links", "src", "dst", "paths", "up", "down", ["return", "create"])
+    assert 'AFTER INSERT ON "links" REFERENCING NEW TABLE' in sql
+    assert "FOR EACH STATEMENT" in sql and "pg_advisory_xact_lock" in sql
+    assert "\"type\" IN ('create', 'return')" in sql
+    assert 'INSERT INTO "paths" AS t ("up", "down", path_count)' in sql
+
+
+def test_generated_pg_sql_works_for_other_tables(dialect: str, engine: Engine, user: DbUser) -> None:
+    if dialect == "sqlite":
+        pytest.skip("get_pg_tc is PostgreSQL SQL")
+    with engine.begin() as connection:
+        connection.exec_driver_sql('CREATE TABLE "Edges" (id serial PRIMARY KEY, a int, b int, type text)')
+        connection.exec_driver_sql("CREATE TABLE reach (anc int, des int, path_count bigint, PRIMARY KEY (anc, des))")
+        sql = get_pg_tc("Edges", "a", "b", "reach", "anc", "des", ["call_calc"])
+        connection.execution_options(no_parameters=True).exec_driver_sql(sql)
+        connection.exec_driver_sql("INSERT INTO \"Edges\" (a, b, type) VALUES (1, 2, 'call_calc'), (2, 3, 'call_calc'), (1, 3, 'create')")
+        rows = set(connection.exec_driver_sql("SELECT anc, des, path_count FROM reach").all())
+    assert rows == {(1, 2, 1), (2, 3, 1), (1, 3, 1)}
+
+
+def test_truncate_empties_the_closure(dialect: str, installed: Engine, nodes: list[int]) -> None:
+    if dialect == "sqlite":
+        pytest.skip("SQLite has no TRUNCATE")
+    with installed.begin() as connection:
+        add_links(connection, [(nodes[0], nodes[1], "create")])
+    with installed.begin() as connection:  # not in the same transaction: the deferred foreign keys are pending
+        assert closure(connection) == {(nodes[0], nodes[1]): 1}
+        connection.exec_driver_sql("TRUNCATE db_dblink")
+        assert closure(connection) == {}
+
+
+# ------------------------------------------------------------------------------------------------ concurrency
+
+
+def test_concurrent_transactions_are_serialised(dialect: str, installed: Engine, nodes: list[int]) -> None:
+    """T1 adds a->b, T2 adds b->c while T1 is open; after both commit, (a, c) is in the closure."""
+    if dialect == "sqlite":
+        pytest.skip("SQLite serialises writers itself")
+    a, b, c = nodes[:3]
+    first = installed.connect()
+    second = installed.connect()
+    try:
+        first.begin()
+        add_links(first, [(a, b, "create")])  # T1 holds the closure lock until it commits
+        second.begin()
+        blocked = threading.Event()
+        errors: list[BaseException] = []
+
+        def run_second() -> None:
+            try:
+                add_links(second, [(b, c, "create")])  # waits for T1's lock, then sees (a, b)
+                blocked.set()
+                second.commit()
+            except BaseException as error:  # noqa: BLE001 - reported below
+                errors.append(error)
+
+        thread = threading.Thread(target=run_second)
+        thread.start()
+        time.sleep(0.5)
+        assert not blocked.is_set(), "the second transaction must wait for the first one's closure lock"
+        with installed.connect() as observer:
+            waiting = observer.execute(
+                text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+            ).scalar_one()
+        assert waiting == 1
+        first.commit()
+        thread.join(30)
+        assert not thread.is_alive() and not errors
+    finally:
+        first.close()
+        second.close()
+    with installed.connect() as connection:
+        assert closure(connection) == {(a, b): 1, (b, c): 1, (a, c): 1}
+
+
+def test_concurrent_cycle_is_rejected(dialect: str, installed: Engine, nodes: list[int]) -> None:
+    if dialect == "sqlite":
+        pytest.skip("SQLite serialises writers itself")
+    a, b = nodes[:2]
+    with installed.connect() as first, installed.connect() as second:
+        first.begin()
+        add_links(first, [(a, b, "create")])
+        second.begin()
+        outcome: list[BaseException | None] = []
+
+        def run_second() -> None:
+            try:
+                add_links(second, [(b, a, "create")])
+                outcome.append(None)
+            except BaseException as error:  # noqa: BLE001 - checked below
+                outcome.append(error)
+
+        thread = threading.Thread(target=run_second)
+        thread.start()
+        time.sleep(0.3)
+        first.commit()
+        thread.join(30)
+        assert len(outcome) == 1 and isinstance(outcome[0], CYCLE_ERRORS)
+        second.rollback()
+    with installed.connect() as connection:
+        assert closure(connection) == {(a, b): 1}
+
+
+# ------------------------------------------------------------------------------------------------ random changes
+
+
+class ClosureMachine(RuleBasedStateMachine):
+    """Random link changes over a dozen nodes; after every step ``db_dbpath`` equals the Python model."""
+
+    engine: Engine
+    node_ids: list[int]
+    kinds = ("create", "input_calc", "return")
+
+    def __init__(self) -> None:
+        super().__init__()
+        with self.engine.begin() as connection:
+            connection.execute(delete(LINKS))
+            assert closure(connection) == {}
+        self.links: dict[int, Edge] = {}
+
+    def _try(self, edges_after: list[Edge], change) -> None:  # noqa: ANN001 - a callable on a connection
+        """Run ``change``; it must succeed exactly when the resulting covered graph is acyclic."""
+        acyclic = is_acyclic(edges_after)
+        try:
+            with self.engine.begin() as connection:
+                change(connection)
+        except CYCLE_ERRORS as error:
+            assert not acyclic, f"rejected an acyclic change: {error}"
+            assert CYCLE_MESSAGE in str(error)
+        else:
+            assert acyclic, "accepted a change that closes a cycle"
+        with self.engine.connect() as connection:
+            self.links = {
+                row.id: (row.input_id, row.output_id, row.type)
+                for row in connection.execute(select(LINKS.c.id, LINKS.c.input_id, LINKS.c.output_id, LINKS.c.type))
+            }
+
+    @rule(
+        new=st.lists(
+            st.tuples(st.integers(0, 11), st.integers(0, 11), st.sampled_from(kinds)), min_size=1, max_size=4
+        )
+    )
+    def insert_links(self, new: list[tuple[int, int, str]]) -> None:
+        edges = [(self.node_ids[u], self.node_ids[v], kind) for u, v, kind in new]
+        self._try([*self.links.values(), *edges], lambda connection: add_links(connection, edges))
+
+    @precondition(lambda self: bool(self.links))
+    @rule(data=st.data())
+    def delete_links(self, data: st.DataObject) -> None:
+        chosen = data.draw(st.sets(st.sampled_from(sorted(self.links)), min_size=1, max_size=3))
+        remaining = [edge for key, edge in self.links.items() if key not in chosen]
+        self._try(remaining, lambda connection: connection.execute(delete(LINKS).where(LINKS.c.id.in_(sorted(chosen)))))
+
+    @precondition(lambda self: bool(self.links))
+    @rule(data=st.data(), src=st.integers(0, 11), dst=st.integers(0, 11), kind=st.sampled_from(kinds))
+    def update_link(self, data: st.DataObject, src: int, dst: int, kind: str) -> None:
+        key = data.draw(st.sampled_from(sorted(self.links)))
+        which = data.draw(st.sampled_from(("input_id", "output_id", "type", "all")))
+        old_source, old_target, old_kind = self.links[key]
+        values = {
+            "input_id": {"input_id": self.node_ids[src]},
+            "output_id": {"output_id": self.node_ids[dst]},
+            "type": {"type": kind},
+            "all": {"input_id": self.node_ids[src], "output_id": self.node_ids[dst], "type": kind},
+        }[which]
+        edge = (values.get("input_id", old_source), values.get("output_id", old_target), values.get("type", old_kind))
+        after = [edge if other == key else value for other, value in self.links.items()]
+        self._try(after, lambda connection: connection.execute(update(LINKS).where(LINKS.c.id == key).values(**values)))
+
+    @precondition(lambda self: len(self.links) >= 2)
+    @rule(kind=st.sampled_from(kinds), data=st.data())
+    def retype_many(self, kind: str, data: st.DataObject) -> None:
+        chosen = data.draw(st.sets(st.sampled_from(sorted(self.links)), min_size=2, max_size=4))
+        # retyping to an uncovered type only removes links: no order of rows can make a spurious cycle
+        if kind in DEFAULT_LINK_TYPES and not all(self.links[key][2] in DEFAULT_LINK_TYPES for key in chosen):
+            kind = "return"
+        after = [(u, v, kind) if key in chosen else (u, v, t) for key, (u, v, t) in self.links.items()]
+        self._try(after, lambda connection: connection.execute(update(LINKS).where(LINKS.c.id.in_(sorted(chosen))).values(type=kind)))
+
+    @invariant()
+    def closure_is_exact(self) -> None:
+        with self.engine.connect() as connection:
+            assert closure(connection) == expected_closure(self.links.values())
+
+
+def test_random_changes_keep_the_closure_exact(installed: Engine, user: DbUser) -> None:
+    with installed.begin() as connection:
+        node_ids = add_nodes(connection, user.id, 12)
+    machine = type("BoundClosureMachine", (ClosureMachine,), {"engine": installed, "node_ids": node_ids})
+    run_state_machine_as_test(
+        machine,
+        settings=settings(
+            max_examples=25, stateful_step_count=15, deadline=None, suppress_health_check=list(HealthCheck)
+        ),
+    )
