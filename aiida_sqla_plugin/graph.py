@@ -4,6 +4,9 @@ Every query is set-based and takes its ids as one bound parameter (:func:`~aiida
 so any number of nodes works on both dialects: the deletion traversal runs one query per step of its frontier,
 ancestors and descendants one recursive CTE (or one query on the closure table ``db_dbpath`` when it is installed
 for exactly the requested link types).
+
+Each call runs in :meth:`SqlaBackend.transaction`: on its own it commits, but when the thread's session already is
+in a transaction (also one it began implicitly by loading an object) it works in a savepoint and the caller commits.
 """
 from __future__ import annotations
 
@@ -109,12 +112,14 @@ def _get_backend(backend: SqlaBackend | None) -> SqlaBackend:
     return get_backend(backend)
 
 
-def _existing(connection: Connection, pks: set[int], column: InstrumentedAttribute[int], what: str) -> set[int]:
-    """The subset of ``pks`` present in ``column``'s table; warn about the others."""
+def _existing(
+    connection: Connection, pks: set[int], column: InstrumentedAttribute[int], what: str, warn: bool
+) -> set[int]:
+    """The subset of ``pks`` present in ``column``'s table; warn about the others if ``warn``."""
     statement = select(column).where(column.in_(id_select(_dialect(connection), pks)))
     found = {row[0] for row in connection.execute(statement)}
     missing = pks - found
-    if missing:
+    if missing and warn:
         shown = ", ".join(map(str, sorted(missing)[:20])) + (", ..." if len(missing) > 20 else "")
         LOGGER.warning("%d %s do not exist and are skipped: %s", len(missing), what, shown)
     return found
@@ -198,7 +203,7 @@ def _traverse(
 
 
 def _delete_from(
-    start: Callable[[Connection], set[int]],
+    start: Callable[[Connection, bool], set[int]],
     dry_run: DryRun,
     backend: SqlaBackend | None,
     progress: ProgressCallback | None,
@@ -212,7 +217,7 @@ def _delete_from(
 
     if dry_run is False:
         with _connection(backend, write=True) as connection:
-            pks = _traverse(connection, start(connection), rules, progress)
+            pks = _traverse(connection, start(connection, True), rules, progress)
             if pks:
                 report(progress, "delete", 0, len(pks))
                 _delete_rows(connection, pks)
@@ -220,7 +225,7 @@ def _delete_from(
         return pks, True
 
     with _connection(backend, write=False) as connection:
-        pks = _traverse(connection, start(connection), rules, progress)
+        pks = _traverse(connection, start(connection, True), rules, progress)
     if not pks:
         return pks, True  # as AiiDA: nothing to delete counts as done
     if dry_run is True or dry_run(set(pks)):
@@ -228,7 +233,7 @@ def _delete_from(
 
     # Confirmed outside any transaction (a prompt may take long); check the graph did not change meanwhile.
     with _connection(backend, write=True) as connection:
-        again = _traverse(connection, start(connection), rules, None)
+        again = _traverse(connection, start(connection, False), rules, None)
         if again != pks:
             raise ConcurrentGraphChange(
                 f"the nodes to delete changed while dry_run confirmed them ({len(pks)} then {len(again)}); "
@@ -261,8 +266,8 @@ def delete_nodes(
     """
     start = _ids(pks, "pks")
 
-    def nodes(connection: Connection) -> set[int]:
-        return _existing(connection, start, DbNode.id, "nodes") if start else set()
+    def nodes(connection: Connection, warn: bool) -> set[int]:
+        return _existing(connection, start, DbNode.id, "nodes", warn) if start else set()
 
     return _delete_from(nodes, dry_run, backend, progress, traversal_rules)
 
@@ -280,10 +285,10 @@ def delete_group_nodes(
     """
     groups = _ids(group_pks, "group_pks")
 
-    def nodes(connection: Connection) -> set[int]:
+    def nodes(connection: Connection, warn: bool) -> set[int]:
         if not groups:
             return set()
-        found = _existing(connection, groups, DbGroup.id, "groups")
+        found = _existing(connection, groups, DbGroup.id, "groups", warn)
         if not found:
             return set()
         members = select(DbGroupNode.dbnode_id).where(

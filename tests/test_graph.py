@@ -11,6 +11,7 @@ from aiida_sqla_plugin import closure
 from aiida_sqla_plugin.backend import SqlaBackend
 from aiida_sqla_plugin.exceptions import ValidationError
 from aiida_sqla_plugin.graph import (
+    ConcurrentGraphChange,
     delete_group_nodes,
     delete_nodes,
     get_ancestors,
@@ -207,6 +208,23 @@ def test_dry_run_callable(graph: Graph) -> None:
     gone, deleted = delete_nodes(graph.pks("d_out2"), dry_run=seen.append, backend=graph.backend)  # returns None
     assert (graph.names(gone), deleted) == ({"d_out2", "C2"}, True)
     assert graph.remaining() == set(NAMES) - {"d_out2", "C2"}
+
+
+def test_graph_change_during_confirmation_deletes_nothing(graph: Graph, caplog: pytest.LogCaptureFixture) -> None:
+    backend = graph.backend
+    missing = max(graph.pk.values()) + 100
+
+    def use_it_meanwhile(pks: set[int]) -> bool:
+        new = add_nodes(backend, ["C_new"])["C_new"]  # another writer: a new calculation uses d_out2
+        add_links(backend, [(graph.pk["d_out2"], new, "input_calc")])
+        return False
+
+    with caplog.at_level(logging.WARNING, logger="aiida_sqla_plugin.graph"):
+        with pytest.raises(ConcurrentGraphChange):
+            delete_nodes(graph.pks("d_out2") | {missing}, dry_run=use_it_meanwhile, backend=backend)
+    assert set(graph.pk.values()) < stored_ids(backend)
+    assert len(stored_ids(backend)) == len(NAMES) + 1
+    assert len(caplog.records) == 1  # the missing pk is reported once
 
 
 def test_missing_pks_are_skipped_with_a_warning(graph: Graph, caplog: pytest.LogCaptureFixture) -> None:
