@@ -1,0 +1,92 @@
+"""get_creation_statistics: totals, types, UTC days (whatever the session or process time zone), user filter."""
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+
+import aiida_sqla_plugin
+from aiida_sqla_plugin.backend import SqlaBackend
+from aiida_sqla_plugin.bulk import bulk_insert
+from aiida_sqla_plugin.manager import SqlaBackendManager
+from aiida_sqla_plugin.models import DbNode, DbUser
+from aiida_sqla_plugin.queries import SqlaQueryManager
+
+INT = "data.core.int.Int."
+CALC = "process.calculation.calcjob.CalcJobNode."
+PLUS_TWO = datetime.timezone(datetime.timedelta(hours=2))
+MINUS_FIVE = datetime.timezone(datetime.timedelta(hours=-5))
+#: Session time zone of the PostgreSQL connections: far from UTC, so local-day bucketing would show.
+SESSION_TIME_ZONE = "Pacific/Kiritimati"
+
+
+@pytest.fixture
+def tz_backend(database_url: URL, dialect: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[SqlaBackend]:
+    """A migrated backend whose PostgreSQL sessions, and this process, run in time zones other than UTC."""
+    config: dict = {"url": database_url.render_as_string(hide_password=False)}
+    if dialect == "postgresql":
+        config["engine_kwargs"] = {"connect_args": {"options": f"-c timezone={SESSION_TIME_ZONE}"}}
+    monkeypatch.setenv("TZ", "America/Los_Angeles")
+    time.tzset()
+    profile = aiida_sqla_plugin.Profile(f"tz-{dialect}", "sqlalchemy", config)
+    aiida_sqla_plugin.reset_session(profile)
+    SqlaBackendManager(profile).migrate()
+    try:
+        yield SqlaBackend(profile)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_empty_database(backend: SqlaBackend):
+    assert SqlaQueryManager(backend).get_creation_statistics() == {"total": 0, "types": {}, "ctime_by_day": {}}
+
+
+def test_utc_days_near_midnight_in_other_time_zones(tz_backend: SqlaBackend, dialect: str):
+    backend = tz_backend
+    if dialect == "postgresql":
+        with backend.engine.connect() as connection:
+            assert connection.execute(text("SHOW timezone")).scalar_one() == SESSION_TIME_ZONE
+    (first, second) = bulk_insert(backend, DbUser, [{"email": "a@example.org"}, {"email": "b@example.org"}])
+    times = [
+        (datetime.datetime(2024, 3, 2, 1, 30, tzinfo=PLUS_TWO), first, INT),  # 2024-03-01 23:30 UTC
+        (datetime.datetime(2024, 3, 1, 22, 0, tzinfo=MINUS_FIVE), first, INT),  # 2024-03-02 03:00 UTC
+        (datetime.datetime(2024, 3, 2, 23, 59, 59, 999999, tzinfo=datetime.timezone.utc), second, CALC),
+        (datetime.datetime(2024, 3, 3, 0, 0, tzinfo=datetime.timezone.utc), first, CALC),
+        (datetime.datetime(2024, 3, 5, 23, 0, tzinfo=MINUS_FIVE), second, INT),  # 2024-03-06 04:00 UTC
+    ]
+    bulk_insert(backend, DbNode, [{"node_type": t, "user_id": u, "ctime": c, "mtime": c} for c, u, t in times[:3]])
+    with backend.transaction() as session:  # the ORM path must bucket the same way
+        session.add_all([DbNode(node_type=t, user_id=u, ctime=c, mtime=c) for c, u, t in times[3:]])
+
+    manager = SqlaQueryManager(backend)
+    assert manager.get_creation_statistics() == {
+        "total": 5,
+        "types": {INT: 3, CALC: 2},
+        "ctime_by_day": {"2024-03-01": 1, "2024-03-02": 2, "2024-03-03": 1, "2024-03-06": 1},
+    }
+    assert manager.get_creation_statistics(user_pk=first) == {
+        "total": 3,
+        "types": {INT: 2, CALC: 1},
+        "ctime_by_day": {"2024-03-01": 1, "2024-03-02": 1, "2024-03-03": 1},
+    }
+    assert manager.get_creation_statistics(user_pk=second) == {
+        "total": 2,
+        "types": {INT: 1, CALC: 1},
+        "ctime_by_day": {"2024-03-02": 1, "2024-03-06": 1},
+    }
+    assert manager.get_creation_statistics(user_pk=second + 100) == {"total": 0, "types": {}, "ctime_by_day": {}}
+
+
+def test_days_are_ordered_and_match_the_synthetic_spread(backend: SqlaBackend):
+    from aiida_sqla_plugin.synthetic import SYNTHETIC_EPOCH, build_graph
+
+    graph = build_graph(backend, 240, seed=4, days=6)
+    stats = backend.query_manager.get_creation_statistics(user_pk=graph.user_id)
+    days = list(stats["ctime_by_day"])
+    assert days == sorted(days) and len(days) == 6 and days[0] == SYNTHETIC_EPOCH.date().isoformat()
+    assert stats["total"] == sum(stats["types"].values()) == sum(stats["ctime_by_day"].values()) == 240
