@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import random
+import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from .progress import ProgressCallback
 if TYPE_CHECKING:
     from .backend import SqlaBackend
 
-__all__ = ("SYNTHETIC_EPOCH", "SyntheticGraph", "build_graph")
+__all__ = ("SYNTHETIC_EPOCH", "SyntheticGraph", "build_graph", "node_rows")
 
 #: Default ``ctime`` of the first synthetic node (fixed, so a seed always gives the same times).
 SYNTHETIC_EPOCH = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
@@ -72,6 +73,8 @@ class SyntheticGraph:
     deepest_node: int | None
     #: Number of create/input_calc links on that chain.
     depth: int
+    #: Wall-clock seconds spent storing ``"nodes"`` and ``"links"`` (bulk_insert calls, generation excluded).
+    store_seconds: Mapping[str, float] = field(default_factory=dict, compare=False)
 
 
 @dataclass
@@ -249,6 +252,49 @@ def _offset_progress(progress: ProgressCallback | None, offset: int, total: int)
     return report_overall
 
 
+def _node_rows(
+    generator: _Generator,
+    begin: int,
+    end: int,
+    user_id: int,
+    computer_id: int | None,
+    start: datetime.datetime,
+    days: int,
+) -> Iterator[dict[str, Any]]:
+    span = datetime.timedelta(days=days)
+    for index in range(begin, end):
+        node_type = generator.kinds[index]
+        ctime = start + span * (index / max(generator.budget, 1))
+        row: dict[str, Any] = {
+            "node_type": node_type,
+            "label": generator.labels[index],
+            "attributes": generator.attributes[index],
+            "ctime": ctime,
+            "mtime": ctime,
+            "user_id": user_id,
+        }
+        process = _PROCESSES.get(node_type)
+        if process is not None:
+            row["process_type"] = process[0]
+        if node_type == CALCJOB_TYPE:
+            row["dbcomputer_id"] = computer_id
+        yield row
+
+
+def node_rows(
+    nodes: int,
+    user_id: int,
+    computer_id: int | None = None,
+    seed: int = 0,
+    days: int = 30,
+    start: datetime.datetime = SYNTHETIC_EPOCH,
+) -> Iterator[dict[str, Any]]:
+    """The node rows :func:`build_graph` would store (without links), for bulk_insert; e.g. for benchmarks."""
+    generator = _Generator(nodes, seed)
+    generator.run()
+    return _node_rows(generator, 0, nodes, user_id, computer_id, start, days)
+
+
 def build_graph(
     backend: SqlaBackend,
     nodes: int,
@@ -269,32 +315,15 @@ def build_graph(
     generator.run()
     user_id = _user_id(backend)
     computer_id = _computer_id(backend) if CALCJOB_TYPE in generator.kinds else None
-    span = datetime.timedelta(days=days)
 
-    def node_rows(begin: int, end: int) -> Iterator[dict[str, Any]]:
-        for index in range(begin, end):
-            node_type = generator.kinds[index]
-            ctime = start + span * (index / max(nodes, 1))
-            row: dict[str, Any] = {
-                "node_type": node_type,
-                "label": generator.labels[index],
-                "attributes": generator.attributes[index],
-                "ctime": ctime,
-                "mtime": ctime,
-                "user_id": user_id,
-            }
-            process = _PROCESSES.get(node_type)
-            if process is not None:
-                row["process_type"] = process[0]
-            if node_type == CALCJOB_TYPE:
-                row["dbcomputer_id"] = computer_id
-            yield row
-
+    clock = time.perf_counter()
     ids: list[int] = []
     for begin in range(0, nodes, STORE_CHUNK):
-        end = min(begin + STORE_CHUNK, nodes)
-        ids.extend(bulk_insert(backend, DbNode, list(node_rows(begin, end)), _offset_progress(progress, begin, nodes)))
+        rows = list(_node_rows(generator, begin, min(begin + STORE_CHUNK, nodes), user_id, computer_id, start, days))
+        ids.extend(bulk_insert(backend, DbNode, rows, _offset_progress(progress, begin, nodes)))
+    node_seconds = time.perf_counter() - clock
 
+    clock = time.perf_counter()
     links = generator.links
     for begin in range(0, len(links), STORE_CHUNK):
         chunk = [
@@ -302,6 +331,7 @@ def build_graph(
             for source, target, link_type, label in links[begin : begin + STORE_CHUNK]
         ]
         bulk_insert(backend, DbLink, chunk, _offset_progress(progress, begin, len(links)))
+    link_seconds = time.perf_counter() - clock
 
     kinds = generator.kinds
     data = tuple(ids[i] for i, kind in enumerate(kinds) if kind.startswith("data."))
@@ -317,4 +347,5 @@ def build_graph(
         link_counts=MappingProxyType(dict(Counter(link[2] for link in links))),
         deepest_node=ids[deepest_index] if deepest_index is not None else None,
         depth=generator.depth[deepest_index] if deepest_index is not None else 0,
+        store_seconds=MappingProxyType({"nodes": node_seconds, "links": link_seconds}),
     )
