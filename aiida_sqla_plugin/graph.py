@@ -62,6 +62,7 @@ DELETE_TRAVERSAL_RULES: Mapping[str, tuple[bool, bool]] = {
     "call_work_backward": (True, False),
 }
 
+
 class ConcurrentGraphChange(AiidaSqlaError):
     """The nodes a confirmed deletion would remove changed between the confirmation and the deletion."""
 
@@ -99,11 +100,12 @@ def _connection(backend: SqlaBackend, write: bool) -> Iterator[Connection]:
     session = backend.get_session()
     outermost = not session.in_transaction()
     with backend.transaction() as session:
-        session.flush()
         if write and outermost and backend.engine.dialect.name == "sqlite":
-            yield session.connection(execution_options={SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+            connection = session.connection(execution_options={SQLITE_BEGIN_OPTION: "IMMEDIATE"})
         else:
-            yield session.connection()
+            connection = session.connection()
+        session.flush()  # the caller's pending ORM changes take part in the graph
+        yield connection
 
 
 def _get_backend(backend: SqlaBackend | None) -> SqlaBackend:

@@ -60,7 +60,7 @@ def add_links(backend: SqlaBackend, links: list[tuple[int, int, str]]) -> None:
     with backend.transaction() as session:
         session.connection().execute(
             insert(DbLink.__table__),
-            [{"input_id": source, "output_id": target, "label": "link", "type": kind} for source, target, kind in links],
+            [{"input_id": a, "output_id": b, "label": "link", "type": kind} for a, b, kind in links],
         )
 
 

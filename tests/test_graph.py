@@ -17,7 +17,18 @@ from aiida_sqla_plugin.graph import (
     get_ancestors,
     get_descendants,
 )
-from aiida_sqla_plugin.models import DbComment, DbGroup, DbGroupNode, DbLink, DbLog, DbNode, DbPath, DbSetting, DbUser, utc_now
+from aiida_sqla_plugin.models import (
+    DbComment,
+    DbGroup,
+    DbGroupNode,
+    DbLink,
+    DbLog,
+    DbNode,
+    DbPath,
+    DbSetting,
+    DbUser,
+    utc_now,
+)
 
 #: The hand-built provenance graph: ``(input, output, link type)``.
 #: d_in feeds C1 (called by W1, which W0 calls) and C3 (called by W2, which W0 also calls); C1 creates d_out1
@@ -49,7 +60,9 @@ ALL_BUT_D_IN = {"C1", "d_out1", "W1", "C2", "d_out2", "W0", "W2", "C3", "d_out3"
 def node_type(name: str) -> str:
     if name.startswith("d_"):
         return "data.core.int.Int."
-    return "process.workflow.workchain.WorkChainNode." if name.startswith("W") else "process.calculation.calcjob.CalcJobNode."
+    if name.startswith("W"):
+        return "process.workflow.workchain.WorkChainNode."
+    return "process.calculation.calcjob.CalcJobNode."
 
 
 def user_pk(backend: SqlaBackend) -> int:
@@ -394,10 +407,13 @@ def test_closure_table_answers_when_installed_for_the_same_link_types(graph: Gra
     fake = (graph.pk["d_other"], graph.pk["d_out2"])  # not in the graph: shows where an answer came from
     install_closure_by_hand(backend, types, pairs | {fake})
 
-    assert get_ancestors(graph.pks("d_out2"), link_types=types, backend=backend) == expected[graph.pk["d_out2"]] | {fake[0]}
-    assert get_descendants(graph.pks("d_other"), link_types=types, backend=backend) == graph.pks("C_other", "d_other_out", "d_out2")
+    truth = expected[graph.pk["d_out2"]]
+    assert get_ancestors(graph.pks("d_out2"), link_types=types, backend=backend) == truth | {fake[0]}
+    assert get_descendants(graph.pks("d_other"), link_types=types, backend=backend) == graph.pks(
+        "C_other", "d_other_out", "d_out2"
+    )
     # bounded depth or other link types: the links, not the closure
-    assert get_ancestors(graph.pks("d_out2"), link_types=types, max_depth=9, backend=backend) == expected[graph.pk["d_out2"]]
+    assert get_ancestors(graph.pks("d_out2"), link_types=types, max_depth=9, backend=backend) == truth
     assert get_ancestors(graph.pks("d_out2"), link_types=("create",), backend=backend) == graph.pks("C2")
 
 
@@ -406,7 +422,10 @@ def test_same_answers_with_and_without_the_closure(graph: Graph) -> None:
     backend = graph.backend
     types = ("create", "input_calc")
     before = {
-        pk: (get_ancestors([pk], link_types=types, backend=backend), get_descendants([pk], link_types=types, backend=backend))
+        pk: (
+            get_ancestors([pk], link_types=types, backend=backend),
+            get_descendants([pk], link_types=types, backend=backend),
+        )
         for pk in graph.pk.values()
     }
     with backend.transaction() as session:
@@ -414,7 +433,10 @@ def test_same_answers_with_and_without_the_closure(graph: Graph) -> None:
     with backend.engine.connect() as connection:
         assert closure.installed_link_types(connection) == frozenset(types)
     after = {
-        pk: (get_ancestors([pk], link_types=types, backend=backend), get_descendants([pk], link_types=types, backend=backend))
+        pk: (
+            get_ancestors([pk], link_types=types, backend=backend),
+            get_descendants([pk], link_types=types, backend=backend),
+        )
         for pk in graph.pk.values()
     }
     assert after == before
