@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.resources
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -11,7 +12,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext, MigrationInfo
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import inspect
+from sqlalchemy import exc, inspect
 from sqlalchemy.engine import Connection
 
 from . import session as session_module
@@ -41,8 +42,12 @@ def migrations_directory() -> str:
 
 
 def new_alembic_config() -> Config:
-    """An alembic :class:`Config` pointing at the installed migrations, with no connection attached."""
-    config = Config()
+    """An alembic :class:`Config` pointing at the installed migrations, with no connection attached.
+
+    Its output goes to the ``sys.stdout`` of the moment (alembic's default is the one of import time), so that
+    redirections such as a CLI test runner's see it.
+    """
+    config = Config(stdout=sys.stdout)
     config.set_main_option("script_location", migrations_directory())
     return config
 
@@ -214,19 +219,35 @@ class SqlaBackendManager:
 
         if engine.dialect.name == "sqlite":
             options = {session_module.SQLITE_BEGIN_OPTION: "IMMEDIATE"}
-            with engine.connect().execution_options(**options) as connection, connection.begin():
-                self._migrate_locked(connection, record)
+            with engine.connect().execution_options(**options) as connection:
+                try:
+                    transaction = connection.begin()
+                except exc.OperationalError as error:
+                    raise DatabaseMigrationError(
+                        f"Profile {self.profile.name!r}: another process kept the database locked for longer than "
+                        f"the busy timeout ({error.orig}); wait for its migration to finish and run it again."
+                    ) from error
+                with transaction:
+                    self._migrate_locked(connection, record)
         else:
             with engine.connect() as connection:
+                # Session-level lock: held across the per-revision transactions; a second process waits here.
                 connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")
                 connection.commit()
                 try:
                     self._migrate_locked(connection, record)
                 finally:
-                    connection.rollback()
-                    connection.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")
-                    connection.commit()
+                    self._release_migration_lock(connection)
         return applied
+
+    @staticmethod
+    def _release_migration_lock(connection: Connection) -> None:
+        try:
+            connection.rollback()
+            connection.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")
+            connection.commit()
+        except exc.DBAPIError:
+            connection.invalidate()  # a broken connection ends its server session, and the lock with it
 
     def _migrate_locked(self, connection: Connection, record: Callable[..., None]) -> None:
         """Migrate while holding the migration lock; ``connection`` may already be in a transaction (SQLite)."""

@@ -1,0 +1,289 @@
+"""Alembic migrations: same schema as ``create_all``, up and down, version checks, locks and failures."""
+from __future__ import annotations
+
+import inspect as pyinspect
+import multiprocessing
+import shutil
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection
+
+import aiida_sqla_plugin
+from aiida_sqla_plugin import get_engine
+from aiida_sqla_plugin import manager as manager_module
+from aiida_sqla_plugin.backend import SqlaBackend
+from aiida_sqla_plugin.exceptions import DatabaseMigrationError, IncompatibleDatabaseSchema, ValidationError
+from aiida_sqla_plugin.manage import alembic_command_names, execute_alembic_command
+from aiida_sqla_plugin.manager import SqlaBackendManager, new_alembic_config
+from aiida_sqla_plugin.models import Base
+
+FIRST, HEAD = "main_0001", "main_0002"
+
+
+def snapshot(connection: Connection) -> dict[str, dict[str, Any]]:
+    """Tables with their columns (type, nullability), primary key, indexes, unique constraints and foreign keys."""
+    inspector = inspect(connection)
+    tables: dict[str, dict[str, Any]] = {}
+    for table in sorted(set(inspector.get_table_names()) - {"alembic_version"}):
+        tables[table] = {
+            "columns": [
+                (column["name"], str(column["type"].compile(connection.dialect)), column["nullable"])
+                for column in inspector.get_columns(table)
+            ],
+            "primary_key": inspector.get_pk_constraint(table)["constrained_columns"],
+            "indexes": sorted(
+                (index["name"], tuple(index["column_names"]), bool(index["unique"])) for index in inspector.get_indexes(table)
+            ),
+            "unique": sorted((unique["name"], tuple(unique["column_names"])) for unique in inspector.get_unique_constraints(table)),
+            "foreign_keys": sorted(
+                (
+                    key["name"],
+                    tuple(key["constrained_columns"]),
+                    key["referred_table"],
+                    tuple(key["referred_columns"]),
+                    (key["options"].get("ondelete") or "").upper(),
+                    bool(key["options"].get("deferrable")),
+                    key["options"].get("initially"),
+                )
+                for key in inspector.get_foreign_keys(table)
+            ),
+        }
+    return tables
+
+
+def current_snapshot() -> dict[str, dict[str, Any]]:
+    with get_engine().connect() as connection:
+        return snapshot(connection)
+
+
+def metadata_diffs() -> list[Any]:
+    with get_engine().connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return compare_metadata(context, Base.metadata)
+
+
+def revision(backend: SqlaBackend) -> str | None:
+    return backend.backend_manager.get_schema_version_database()
+
+
+def test_upgrade_from_empty_equals_create_all(empty_backend: SqlaBackend) -> None:
+    execute_alembic_command("upgrade", revision="head")
+    assert revision(empty_backend) == HEAD
+    upgraded = current_snapshot()
+    assert metadata_diffs() == []
+
+    execute_alembic_command("downgrade", revision="base")
+    assert revision(empty_backend) is None
+    assert current_snapshot() == {}
+
+    applied = empty_backend.backend_manager.migrate()  # a new database: create_all + stamp
+    assert applied == [HEAD]
+    created = current_snapshot()
+    assert created == upgraded
+    assert metadata_diffs() == []
+
+    execute_alembic_command("downgrade", revision="base")  # a create_all schema downgrades too
+    assert current_snapshot() == {}
+    execute_alembic_command("upgrade", revision="head")
+    assert current_snapshot() == upgraded
+
+
+def test_schema_has_the_aiida_rules(backend: SqlaBackend) -> None:
+    tables = current_snapshot()
+    assert set(tables) == set(Base.metadata.tables)
+    rules = {(table, key[1], key[4]) for table, entry in tables.items() for key in entry["foreign_keys"]}
+    assert ("db_dbnode", ("user_id",), "RESTRICT") in rules
+    assert ("db_dbnode", ("dbcomputer_id",), "RESTRICT") in rules
+    assert ("db_dblink", ("output_id",), "CASCADE") in rules
+    assert ("db_dblog", ("dbnode_id",), "CASCADE") in rules
+    assert ("db_dbcomment", ("dbnode_id",), "CASCADE") in rules
+    indexed = {(table, index[1]) for table, entry in tables.items() for index in entry["indexes"]}
+    for table, entry in tables.items():
+        for key in entry["foreign_keys"]:
+            assert (table, key[1]) in indexed, f"{table}.{key[1]} has no index"
+    for column in ("ctime", "node_type", "process_type"):
+        assert ("db_dbnode", (column,)) in indexed
+
+
+def test_each_revision_goes_up_and_down(empty_backend: SqlaBackend) -> None:
+    script = ScriptDirectory.from_config(new_alembic_config())
+    revisions = [script.revision for script in reversed(list(script.walk_revisions()))]
+    assert revisions == [FIRST, HEAD]
+    seen = [current_snapshot()]
+    for step in revisions:
+        execute_alembic_command("upgrade", revision=step)
+        assert revision(empty_backend) == step
+        seen.append(current_snapshot())
+        execute_alembic_command("downgrade", revision="-1")
+        assert current_snapshot() == seen[-2]
+        execute_alembic_command("upgrade", revision=step)
+        assert current_snapshot() == seen[-1]
+
+
+def test_every_revision_has_a_downgrade() -> None:
+    script = ScriptDirectory.from_config(new_alembic_config())
+    assert len(script.get_heads()) == 1 and len(script.get_bases()) == 1
+    for entry in script.walk_revisions():
+        source = pyinspect.getsource(entry.module.downgrade)
+        assert "op." in source, f"revision {entry.revision} has no real downgrade"
+
+
+def test_uninitialised_database(empty_backend: SqlaBackend) -> None:
+    manager = empty_backend.backend_manager
+    assert manager.get_schema_version_database() is None
+    assert manager.is_database_schema_ahead() is False
+    with pytest.raises(IncompatibleDatabaseSchema, match="not initialised.*migrate"):
+        manager.validate_schema(empty_backend.profile)
+
+
+def test_database_ahead_of_the_code(backend: SqlaBackend) -> None:
+    with get_engine().begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = 'main_9999'"))
+    before = current_snapshot()
+    manager = backend.backend_manager
+    assert manager.is_database_schema_ahead() is True
+    with pytest.raises(IncompatibleDatabaseSchema, match="main_9999 is ahead.*upgrade aiida-sqla-plugin"):
+        manager.validate_schema(backend.profile)
+    with pytest.raises(IncompatibleDatabaseSchema, match="ahead"):
+        SqlaBackendManager().load_backend_environment(backend.profile)
+    with pytest.raises(IncompatibleDatabaseSchema, match="refusing to migrate"):
+        manager.migrate()
+    assert manager.get_schema_version_database() == "main_9999"
+    assert current_snapshot() == before
+
+
+def test_database_behind_the_code(empty_backend: SqlaBackend) -> None:
+    execute_alembic_command("upgrade", revision=FIRST)
+    manager = empty_backend.backend_manager
+    assert manager.is_database_schema_ahead() is False
+    with pytest.raises(IncompatibleDatabaseSchema, match=f"{FIRST} is behind.*storage migrate"):
+        manager.validate_schema(empty_backend.profile)
+    steps: list[tuple[str | None, str]] = []
+    assert manager.migrate(on_revision=lambda old, new: steps.append((old, new))) == [HEAD]
+    assert steps == [(FIRST, HEAD)]
+    manager.validate_schema(empty_backend.profile)
+    assert manager.migrate() == []  # nothing left to do
+    assert metadata_diffs() == []
+
+
+def test_set_schema_version_database(backend: SqlaBackend) -> None:
+    manager = backend.backend_manager
+    before = current_snapshot()
+    with pytest.raises(DatabaseMigrationError, match="'main_9999'.*known revisions: main_0002, main_0001"):
+        manager.set_schema_version_database("main_9999")
+    assert manager.get_schema_version_database() == HEAD
+    manager.set_schema_version_database(FIRST)  # stamps only
+    assert manager.get_schema_version_database() == FIRST
+    assert current_snapshot() == before
+
+
+def test_migrate_refuses_a_foreign_database(empty_backend: SqlaBackend) -> None:
+    with get_engine().begin() as connection:
+        connection.execute(text("CREATE TABLE db_dbnode (id INTEGER PRIMARY KEY)"))
+    with pytest.raises(DatabaseMigrationError, match="db_dbnode.*not created by aiida-sqla-plugin"):
+        empty_backend.backend_manager.migrate()
+    assert revision(empty_backend) is None
+
+
+def _migrate_in_child(profile: aiida_sqla_plugin.Profile, start: Any, results: Any) -> None:
+    start.wait(30)
+    results.put(SqlaBackendManager(profile).migrate())
+
+
+@pytest.mark.parametrize("start_revision", [None, FIRST])
+def test_concurrent_migrations_run_each_revision_once(empty_backend: SqlaBackend, start_revision: str | None) -> None:
+    if start_revision:
+        execute_alembic_command("upgrade", revision=start_revision)
+    context = multiprocessing.get_context("fork")
+    start, results = context.Event(), context.Queue()
+    processes = [context.Process(target=_migrate_in_child, args=(empty_backend.profile, start, results)) for _ in range(2)]
+    for process in processes:
+        process.start()
+    start.set()
+    applied = [results.get(timeout=60) for _ in processes]
+    for process in processes:
+        process.join(60)
+    assert [process.exitcode for process in processes] == [0, 0]
+    assert sorted(applied, key=len) == [[], [HEAD]]  # one process migrated, the other found nothing to do
+    assert revision(empty_backend) == HEAD
+    assert metadata_diffs() == []
+    empty_backend.backend_manager.validate_schema()
+
+
+FAILING_REVISION = '''
+"""A revision that fails half-way.
+
+Revision ID: main_0003
+Revises: main_0002
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "main_0003"
+down_revision = "main_0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.create_table("doomed", sa.Column("id", sa.Integer(), primary_key=True))
+    raise RuntimeError("disk on fire")
+
+
+def downgrade():
+    op.drop_table("doomed")
+'''
+
+
+def test_failed_revision_leaves_the_last_good_one(
+    empty_backend: SqlaBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dialect: str
+) -> None:
+    migrations = tmp_path / "migrations"
+    shutil.copytree(manager_module.migrations_directory(), migrations, ignore=shutil.ignore_patterns("__pycache__"))
+    (migrations / "versions" / "main_0003_failing.py").write_text(textwrap.dedent(FAILING_REVISION))
+    monkeypatch.setattr(manager_module, "migrations_directory", lambda: str(migrations))
+    execute_alembic_command("upgrade", revision=FIRST)
+    manager = empty_backend.backend_manager
+    assert manager.get_schema_version_code() == "main_0003"
+
+    with pytest.raises(DatabaseMigrationError, match=f"migration from {FIRST} failed.*disk on fire"):
+        manager.migrate()
+    tables = set(current_snapshot())
+    assert "doomed" not in tables
+    if dialect == "postgresql":  # each revision commits on its own
+        assert revision(empty_backend) == HEAD and "db_dbpath" in tables
+    else:  # SQLite migrates in one transaction
+        assert revision(empty_backend) == FIRST and "db_dbpath" not in tables
+
+    (migrations / "versions" / "main_0003_failing.py").unlink()  # the fix
+    manager.migrate()
+    assert revision(empty_backend) == HEAD
+    manager.validate_schema()
+
+
+def test_execute_alembic_command(empty_backend: SqlaBackend, capsys: pytest.CaptureFixture[str]) -> None:
+    assert {"current", "history", "heads", "stamp", "upgrade", "downgrade"} <= set(alembic_command_names())
+    execute_alembic_command("upgrade", revision=FIRST)
+    execute_alembic_command("current")
+    assert FIRST in capsys.readouterr().out
+    execute_alembic_command("heads")
+    assert f"{HEAD} (head)" in capsys.readouterr().out
+    execute_alembic_command("history")
+    assert f"{FIRST} -> {HEAD}" in capsys.readouterr().out
+    execute_alembic_command("stamp", revision=HEAD)
+    assert revision(empty_backend) == HEAD
+    assert "db_dbpath" not in current_snapshot()  # stamped, not migrated
+    execute_alembic_command("stamp", revision=FIRST)
+    execute_alembic_command("upgrade", revision="head")
+    assert "db_dbpath" in current_snapshot()
+    execute_alembic_command("downgrade", revision=FIRST)
+    assert revision(empty_backend) == FIRST
+    with pytest.raises(ValidationError, match="unknown alembic command 'explode'.*upgrade"):
+        execute_alembic_command("explode")
