@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -86,6 +87,15 @@ def _exit_codes_help() -> str:
 # -- state, progress and output --------------------------------------------------------------------------
 
 
+def _stderr_columns() -> int:
+    """Width of the terminal on stderr (0 when it reports none, as a fresh pseudo-terminal does)."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return 0
+    return size.columns if size.lines else 0
+
+
 class TqdmProgress:
     """A :class:`ProgressCallback` drawing one tqdm bar per description on stderr."""
 
@@ -97,7 +107,12 @@ class TqdmProgress:
 
         bar = self._bars.get(description)
         if bar is None:
-            bar = self._bars[description] = tqdm(desc=description, total=total, file=sys.stderr, leave=True, dynamic_ncols=True)
+            # A terminal that reports no size (a fresh pseudo-terminal) would get an empty or disabled bar.
+            sized = _stderr_columns() > 0
+            bar = self._bars[description] = tqdm(
+                desc=description, total=total, file=sys.stderr, leave=True,
+                ncols=None if sized else 80, nrows=None if sized else 24,
+            )
         if total is not None and bar.total != total:
             bar.total = total
         bar.update(max(done - bar.n, 0))
@@ -243,6 +258,7 @@ class RootGroup(click.Group):
     """The top-level group: turns library errors into :class:`CliError` and closes engines at exit."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        ctx.ensure_object(CliState)  # one state, shared by every sub-context
         ctx.call_on_close(session_module.dispose_engines)
         try:
             return super().invoke(ctx)
@@ -569,8 +585,8 @@ def storage_version(as_json: bool) -> None:
         click.echo(f"database schema revision: {report.database_revision or 'none'}"
                    f" (generation {report.database_generation or 'none'})")
         click.echo(f"state: {report.state.value}")
-        if report.state != SchemaState.COMPATIBLE:
-            click.echo(f"Error: {report.message}", err=True)
+    if report.state != SchemaState.COMPATIBLE:
+        click.echo(f"Error: {report.message}", err=True)
     _report_exit(report)
 
 

@@ -161,6 +161,8 @@ def schema_report(profile: ProfileLike, manager: SqlaBackendManager | None = Non
         session_module.check_connection(profile)
     except UnreachableStorage as error:
         return report(SchemaState.UNREACHABLE, str(error))
+    except sa_exc.DatabaseError:
+        pass  # not a database at all: reported as corrupt below
     try:
         with session_module.get_engine(profile).connect() as connection:
             revision = manager._database_revision(connection)  # noqa: SLF001 - same package
