@@ -9,7 +9,9 @@ Adding ``k`` parallel links ``u -> v`` to a DAG adds ``k * cnt(a -> u) * cnt(v -
 subtracts the same and drops the pairs that reach zero. PostgreSQL applies this once per distinct changed
 ``(input, output)`` pair of a statement (statement-level triggers with transition tables, removals first) under
 a transaction-level advisory lock, so concurrent writers are serialised and, under READ COMMITTED, each sees
-the closure the others committed. SQLite applies it per row. :func:`install_tc` backfills the closure with a
+the closure the others committed (SERIALIZABLE is safe too, through serialisation failures; REPEATABLE READ would
+miss concurrent changes, so the triggers refuse it). SQLite applies it per row, so a multi-row UPDATE whose
+intermediate rows close a cycle the final state does not have is rejected there (PostgreSQL accepts it). :func:`install_tc` backfills the closure with a
 level-by-level path-count propagation (one set-based statement per path length).
 """
 from __future__ import annotations
@@ -202,6 +204,10 @@ DECLARE
 BEGIN
     IF NOT EXISTS ({check}) THEN
         RETURN NULL;
+    END IF;
+    IF current_setting('transaction_isolation') = 'repeatable read' THEN
+        RAISE EXCEPTION 'changing covered links needs READ COMMITTED or SERIALIZABLE isolation: under REPEATABLE READ '
+            'the closure would miss concurrent changes' USING ERRCODE = 'feature_not_supported';
     END IF;
     {lock}{shortcut}
     FOR link IN {deltas} LOOP
@@ -456,8 +462,9 @@ def install_tc(session: Session, link_types: Iterable[str] = DEFAULT_LINK_TYPES,
     statements = _pg_statements(names, types) if dialect == "postgresql" else _sqlite_statements(names, types)
     try:
         connection = session.connection()
-        _lock(connection, dialect, names)
+        # Table locks first (the DDL waits for writers in flight, which may need the closure lock), then the lock.
         _execute_script(connection, statements)
+        _lock(connection, dialect, names)
         connection.execute(delete(DbPath.__table__))
         _backfill(connection, dialect, types, progress)
         upsert = dialect_insert(dialect, DbSetting).values(
@@ -487,8 +494,8 @@ def uninstall_tc(session: Session) -> None:
     names = _default_names()
     try:
         connection = session.connection()
-        _lock(connection, dialect, names)
         _execute_script(connection, _pg_drop_statements(names) if dialect == "postgresql" else _sqlite_drop_statements(names))
+        _lock(connection, dialect, names)
         connection.execute(delete(DbPath.__table__))
         connection.execute(delete(DbSetting.__table__).where(DbSetting.__table__.c.key == CLOSURE_SETTING_KEY))
         session.commit()

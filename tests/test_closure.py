@@ -4,15 +4,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import case, delete, func, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, InternalError
+from sqlalchemy.exc import IntegrityError, InternalError, NotSupportedError
 from sqlalchemy.orm import Session
 
 from aiida_sqla_plugin.backend import SqlaBackend
@@ -198,6 +198,26 @@ def test_multi_row_update_reversing_links(installed: Engine, nodes: list[int], d
             update(LINKS).values(input_id=LINKS.c.output_id, output_id=LINKS.c.input_id)
         )  # final graph c->b->a is acyclic
         assert closure(connection) == {(c, b): 1, (b, a): 1, (c, a): 1}
+
+
+def test_multi_row_type_swap(installed: Engine, nodes: list[int], dialect: str) -> None:
+    """Swapping which of a->b and b->a is covered, in one UPDATE: PostgreSQL applies removals first and accepts;
+    SQLite works row by row and may see the transient cycle (then it rejects the whole statement)."""
+    a, b = nodes[:2]
+    with installed.begin() as connection:
+        add_links(connection, [(b, a, "return")])
+        add_links(connection, [(a, b, "create")])
+    swap = update(LINKS).values(type=case((LINKS.c.type == "create", "return"), else_="create"))
+    try:
+        with installed.begin() as connection:
+            connection.execute(swap)
+    except CYCLE_ERRORS as error:
+        assert dialect == "sqlite" and CYCLE_MESSAGE in str(error)
+        with installed.connect() as connection:
+            assert closure(connection) == {(a, b): 1}
+    else:
+        with installed.connect() as connection:
+            assert closure(connection) == {(b, a): 1}
 
 
 def test_type_change_moves_links_in_and_out(installed: Engine, nodes: list[int]) -> None:
@@ -433,7 +453,10 @@ def test_concurrent_transactions_are_serialised(dialect: str, installed: Engine,
         assert not blocked.is_set(), "the second transaction must wait for the first one's closure lock"
         with installed.connect() as observer:
             waiting = observer.execute(
-                text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                )
             ).scalar_one()
         assert waiting == 1
         first.commit()
@@ -474,6 +497,22 @@ def test_concurrent_cycle_is_rejected(dialect: str, installed: Engine, nodes: li
         assert closure(connection) == {(a, b): 1}
 
 
+def test_isolation_levels(dialect: str, installed: Engine, nodes: list[int]) -> None:
+    """REPEATABLE READ would miss concurrent closure changes: refused; SERIALIZABLE works."""
+    if dialect == "sqlite":
+        pytest.skip("PostgreSQL isolation levels")
+    a, b, c = nodes[:3]
+    with pytest.raises(NotSupportedError, match="REPEATABLE READ"):
+        with installed.connect().execution_options(isolation_level="REPEATABLE READ") as connection, connection.begin():
+            add_links(connection, [(a, b, "create")])
+    with installed.connect().execution_options(isolation_level="REPEATABLE READ") as connection, connection.begin():
+        add_links(connection, [(a, b, "return")])  # uncovered links are not the closure's business
+    with installed.connect().execution_options(isolation_level="SERIALIZABLE") as connection, connection.begin():
+        add_links(connection, [(a, b, "create"), (b, c, "create")])
+    with installed.connect() as connection:
+        assert closure(connection) == {(a, b): 1, (b, c): 1, (a, c): 1}
+
+
 # ------------------------------------------------------------------------------------------------ random changes
 
 
@@ -491,7 +530,7 @@ class ClosureMachine(RuleBasedStateMachine):
             assert closure(connection) == {}
         self.links: dict[int, Edge] = {}
 
-    def _try(self, edges_after: list[Edge], change) -> None:  # noqa: ANN001 - a callable on a connection
+    def _try(self, edges_after: list[Edge], change: Callable[[Connection], object]) -> None:
         """Run ``change``; it must succeed exactly when the resulting covered graph is acyclic."""
         acyclic = is_acyclic(edges_after)
         try:
