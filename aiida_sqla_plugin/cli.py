@@ -1090,3 +1090,101 @@ def closure_status_command(as_json: bool) -> None:
 
     session = _closure_session(get_state())
     _print_closure_status(closure_status(session), as_json)
+
+
+# -- demo ------------------------------------------------------------------------------------------------
+
+DEMO_PROFILE = "demo"
+
+
+@cli.command("demo")
+@click.option("--nodes", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Number of nodes of the synthetic provenance graph.")
+@json_option
+@common_options
+def demo(nodes: int, as_json: bool) -> None:
+    """Run the whole job: create the profile if needed (SQLite in the user data directory), migrate it, store a
+    synthetic provenance graph, then print statistics, the ancestors of one output and a dry-run deletion.
+
+    The profile is -p/--profile, else 'demo'. Running it again adds another graph.
+
+    \b
+    Example:
+      aiida-sqla demo
+      aiida-sqla demo --nodes 100000 -p big --json
+    """
+    from .graph import delete_nodes, get_ancestors  # noqa: PLC0415
+    from .synthetic import build_graph  # noqa: PLC0415
+
+    state = get_state()
+    note: Callable[[str], None] = state.info if as_json else click.echo
+    name = state.profile_name or DEMO_PROFILE
+    state.profile_name = name
+    if name not in state.config_file.read().profiles:
+        path = default_sqlite_path(name)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            fail(f"cannot create the data directory {path.parent} ({error.strerror}); set AIIDA_SQLA_DATA_DIR")
+        state.config_file.add_profile(Profile(name, "sqlalchemy", {"url": f"sqlite:///{path}"}))
+        note(f"Created profile {name!r}: SQLite file {path}")
+    loaded = state.loaded()
+    manager = loaded.backend_manager
+    report = schema_report(loaded.profile, manager)
+    if report.state in (SchemaState.NOT_INITIALISED, SchemaState.BEHIND):
+        applied = manager.migrate()
+        note(f"Migrated profile {name!r} to {report.code_revision} ({len(applied)} step(s))")
+    elif report.state != SchemaState.COMPATIBLE:
+        error = report.error()
+        assert error is not None
+        raise error
+    backend = loaded.backend
+    with state.progress() as progress:
+        graph = build_graph(backend, nodes, seed=0, progress=progress)
+    counts = count_entities(backend.engine)
+    statistics = loaded.query_manager(backend).get_creation_statistics()
+    ancestry_types = ["create", "input_calc"]
+    output = graph.deepest_node
+    ancestors = sorted(get_ancestors([output], link_types=ancestry_types, backend=backend)) if output is not None else []
+    workflow = graph.workflow_ids[0] if graph.workflow_ids else None
+    doomed: set[int] = set()
+    if workflow is not None:
+        doomed, _ = delete_nodes([workflow], dry_run=True, backend=backend)
+    data = {
+        "profile": name,
+        "location": report.location,
+        "stored": {
+            "nodes": len(graph.node_ids), "data": len(graph.data_ids), "calculations": len(graph.calc_ids),
+            "workflows": len(graph.workflow_ids), "links": graph.link_count, "link_types": dict(graph.link_counts),
+            "seconds": {key: round(value, 3) for key, value in graph.store_seconds.items()},
+        },
+        "counts": counts,
+        "creation_statistics": {"total": statistics["total"], "types": statistics["types"],
+                                "days": len(statistics["ctime_by_day"])},
+        "ancestors": {"node": output, "depth": graph.depth, "link_types": ancestry_types, "count": len(ancestors),
+                      "pks": ancestors},
+        "dry_run_delete": {"workflow": workflow, "count": len(doomed), "pks": sorted(doomed)},
+    }
+    if as_json:
+        emit_json(data)
+        return
+    stored = data["stored"]
+    seconds = sum(graph.store_seconds.values())
+    click.echo(f"\nStored {stored['nodes']} nodes ({stored['data']} data, {stored['calculations']} calculations, "
+               f"{stored['workflows']} workflows) and {stored['links']} links in {seconds:.2f} s.")
+    click.echo("Links by type: " + ", ".join(f"{key} {value}" for key, value in sorted(stored["link_types"].items())))
+    click.echo(f"\nStorage {report.location} now holds: "
+               + ", ".join(f"{value} {key}" for key, value in counts.items()) + ".")
+    click.echo("Nodes by type:")
+    for node_type, count in sorted(statistics["types"].items()):
+        click.echo(f"  {node_type:<50} {count}")
+    click.echo(f"Created over {len(statistics['ctime_by_day'])} day(s).")
+    limit = None if state.verbose else 30
+    click.echo(f"\nAncestors of output {output} (end of the deepest chain, {graph.depth} links; "
+               f"link types {', '.join(ancestry_types)}): {len(ancestors)}")
+    if ancestors:
+        click.echo(f"  {_format_pks(ancestors, limit)}")
+    click.echo(f"\nDeleting workflow {workflow} would delete {len(doomed)} node(s) (dry run, nothing deleted)")
+    if doomed:
+        click.echo(f"  {_format_pks(doomed, limit)}")
+    click.echo(f"\nNext: aiida-sqla -p {name} storage info, aiida-sqla -p {name} graph ancestors {output}")

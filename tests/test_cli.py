@@ -541,3 +541,49 @@ def test_progress_bars_only_on_a_terminal_and_never_on_stdout(tmp_path: Path) ->
     assert "main_0001" in piped.stdout
     piped = run_script("-p", "quiet", "storage", "migrate", "--force")
     assert "migrating" not in piped.stderr and "%|" not in piped.stderr
+
+
+# -- demo ------------------------------------------------------------------------------------------------
+
+
+def test_demo_creates_a_sqlite_profile_and_runs_the_whole_job(cli_dirs: tuple[Path, Path]) -> None:
+    _, data_dir = cli_dirs
+    result = run_script("demo", "--nodes", "300", "--json")
+    assert "Created profile 'demo'" in result.stderr and "Migrated profile 'demo'" in result.stderr
+    report = json.loads(result.stdout)
+    assert report["profile"] == "demo" and report["location"] == f"SQLite file {data_dir / 'demo.sqlite'}"
+    assert report["stored"]["nodes"] == 300 == report["counts"]["nodes"]
+    assert report["stored"]["links"] == report["counts"]["links"] == sum(report["stored"]["link_types"].values())
+    assert report["creation_statistics"]["total"] == 300
+    ancestors = report["ancestors"]
+    assert ancestors["count"] == len(ancestors["pks"]) >= ancestors["depth"] > 0
+    dry_run = report["dry_run_delete"]
+    assert dry_run["workflow"] in dry_run["pks"] and dry_run["count"] == len(dry_run["pks"])
+
+    backend = SqlaBackend(ConfigFile().get_profile("demo"))
+    from aiida_sqla_plugin.graph import get_ancestors  # noqa: PLC0415
+
+    assert sorted(get_ancestors([ancestors["node"]], backend=backend)) == ancestors["pks"]
+    assert len(node_ids(backend)) == 300  # the deletion was a dry run
+    assert ConfigFile().read().default_profile == "demo"
+
+    again = invoke("demo", "--nodes", "50")  # text output; the profile exists and is migrated already
+    assert "Created profile" not in again.stdout and "Migrated" not in again.stdout
+    assert "Stored 50 nodes" in again.stdout and "350 nodes" in again.stdout
+    assert "Ancestors of output" in again.stdout and "(dry run, nothing deleted)" in again.stdout
+
+
+def test_demo_on_an_existing_profile(new_profile: CliProfile, dialect: str) -> None:
+    report = json.loads(invoke("-p", "p", "demo", "--nodes", "200", "--json").stdout)
+    assert report["profile"] == "p" and report["counts"]["nodes"] == 200
+    assert len(node_ids(new_profile.backend)) == 200
+    info = json.loads(invoke("storage", "info", "--json").stdout)
+    assert info["dialect"] == dialect and info["counts"] == report["counts"]
+    assert "demo" not in ConfigFile().read().profiles
+    assert "--nodes" in invoke("demo", "--nodes", "0", code=2).stderr
+
+
+def test_demo_shows_progress_on_a_terminal() -> None:
+    code, stdout, terminal = _run_with_terminal_stderr("demo", "--nodes", "500", "--json")
+    assert code == 0 and "100%" in terminal
+    assert json.loads(stdout)["stored"]["nodes"] == 500
