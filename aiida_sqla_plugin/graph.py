@@ -95,7 +95,8 @@ def _connection(backend: SqlaBackend, write: bool) -> Iterator[Connection]:
     """The connection of one transaction on the backend's session (a savepoint if one is already open).
 
     A new top-level write transaction on SQLite begins IMMEDIATE: a deferred one that reads first could not take
-    the write lock later if another process wrote in between.
+    the write lock later if another process wrote in between. A write on PostgreSQL locks ``db_dblink`` against
+    other writers (readers go on) until it commits, so no link can appear between the traversal and the deletion.
     """
     session = backend.get_session()
     outermost = not session.in_transaction()
@@ -104,6 +105,8 @@ def _connection(backend: SqlaBackend, write: bool) -> Iterator[Connection]:
             connection = session.connection(execution_options={SQLITE_BEGIN_OPTION: "IMMEDIATE"})
         else:
             connection = session.connection()
+        if write and connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"LOCK TABLE {DbLink.__tablename__} IN SHARE ROW EXCLUSIVE MODE")
         session.flush()  # the caller's pending ORM changes take part in the graph
         yield connection
 

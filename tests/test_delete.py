@@ -1,8 +1,11 @@
 """delete_nodes_and_connections_sqla: what goes, what stays, and any number of pks (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
+import threading
 import time
 import uuid
+
+import pytest
 
 from sqlalchemy import func, insert, select
 
@@ -170,3 +173,29 @@ def test_more_than_seventy_thousand_pks(backend, user, dialect) -> None:
         f"delete 70,500 {finished - traversed:.2f}s"
     )
     assert finished - traversed < 30
+
+
+def test_link_committed_while_deletion_waits_is_followed(backend, user, dialect):
+    """PostgreSQL: a deletion waits for a concurrent link writer and then follows the new link too."""
+    if dialect != "postgresql":
+        pytest.skip("SQLite serialises writers with its database lock")
+    data, calc = add_nodes(backend, user, 2)
+    writer = backend.engine.connect()
+    writer.execute(insert(DbLink.__table__).values(input_id=data, output_id=calc, label="x", type="input_calc"))
+    result: dict[str, object] = {}
+
+    def delete() -> None:
+        try:
+            result["pks"] = delete_nodes([data], dry_run=False, backend=backend)[0]
+        finally:
+            backend.close()
+
+    thread = threading.Thread(target=delete)
+    thread.start()
+    time.sleep(0.5)
+    assert thread.is_alive(), "the deletion must wait for the uncommitted link writer"
+    writer.commit()
+    writer.close()
+    thread.join(30)
+    assert result["pks"] == {data, calc}
+    assert count(backend, DbNode, DbNode.id.in_([data, calc])) == 0
