@@ -11,8 +11,9 @@ subtracts the same and drops the pairs that reach zero. PostgreSQL applies this 
 a transaction-level advisory lock, so concurrent writers are serialised and, under READ COMMITTED, each sees
 the closure the others committed (SERIALIZABLE is safe too, through serialisation failures; REPEATABLE READ would
 miss concurrent changes, so the triggers refuse it). SQLite applies it per row, so a multi-row UPDATE whose
-intermediate rows close a cycle the final state does not have is rejected there (PostgreSQL accepts it). :func:`install_tc` backfills the closure with a
-level-by-level path-count propagation (one set-based statement per path length).
+intermediate rows close a cycle the final state does not have is rejected there (PostgreSQL accepts it).
+:func:`install_tc` backfills the closure with a level-by-level path-count propagation (one set-based
+statement per path length).
 """
 from __future__ import annotations
 

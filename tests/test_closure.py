@@ -425,19 +425,24 @@ def test_truncate_empties_the_closure(dialect: str, installed: Engine, nodes: li
 # ------------------------------------------------------------------------------------------------ concurrency
 
 
-def test_concurrent_transactions_are_serialised(dialect: str, installed: Engine, nodes: list[int]) -> None:
-    """T1 adds a->b, T2 adds b->c while T1 is open; after both commit, (a, c) is in the closure."""
+@pytest.mark.parametrize("isolation", ["READ COMMITTED", "SERIALIZABLE"])
+def test_concurrent_transactions_are_serialised(dialect: str, installed: Engine, nodes: list[int], isolation: str) -> None:
+    """T1 adds a->b, T2 adds b->c while T1 is open; after both commit, (a, c) is in the closure.
+
+    Under SERIALIZABLE, T2 may instead fail with a serialisation failure; the closure stays exact either way.
+    """
     if dialect == "sqlite":
         pytest.skip("SQLite serialises writers itself")
     a, b, c = nodes[:3]
-    first = installed.connect()
-    second = installed.connect()
+    first = installed.connect().execution_options(isolation_level=isolation)
+    second = installed.connect().execution_options(isolation_level=isolation)
+    errors: list[BaseException] = []
     try:
         first.begin()
         add_links(first, [(a, b, "create")])  # T1 holds the closure lock until it commits
         second.begin()
+        second.execute(select(func.count()).select_from(PATHS)).scalar_one()  # T2's snapshot predates T1's commit
         blocked = threading.Event()
-        errors: list[BaseException] = []
 
         def run_second() -> None:
             try:
@@ -461,12 +466,18 @@ def test_concurrent_transactions_are_serialised(dialect: str, installed: Engine,
         assert waiting == 1
         first.commit()
         thread.join(30)
-        assert not thread.is_alive() and not errors
+        assert not thread.is_alive()
     finally:
         first.close()
         second.close()
+    if isolation == "READ COMMITTED" or not errors:
+        assert not errors
+        expected = {(a, b): 1, (b, c): 1, (a, c): 1}
+    else:
+        assert len(errors) == 1 and getattr(errors[0].orig, "pgcode", None) == "40001", errors  # type: ignore[attr-defined]
+        expected = {(a, b): 1}
     with installed.connect() as connection:
-        assert closure(connection) == {(a, b): 1, (b, c): 1, (a, c): 1}
+        assert closure(connection) == expected == assert_exact(connection)
 
 
 def test_concurrent_cycle_is_rejected(dialect: str, installed: Engine, nodes: list[int]) -> None:
