@@ -29,7 +29,7 @@ from .exceptions import (
     UnreachableStorage,
     ValidationError,
 )
-from .plugins import LoadedBackend, load_backend
+from .plugins import LoadedBackend, installed_backends, load_backend
 from .profile import Profile, database_url, describe_url
 from .progress import ProgressCallback
 from .storage import (
@@ -386,6 +386,10 @@ def profile_create(name: str, url: str | None, engine: str | None, host: str | N
             raise click.UsageError("--host/--port/--user/--password/--database need --engine (or use --url)")
         path = click.format_filename(database) if database else str(default_sqlite_path(name))
         storage_config = {"url": f"sqlite:///{path}"}
+    if storage_backend not in installed_backends():
+        raise ConfigurationError(
+            f"no storage backend {storage_backend!r} is installed; installed: {', '.join(installed_backends()) or 'none'}"
+        )
     profile = Profile(name, storage_backend, storage_config)
     location = describe_url(database_url(profile))  # validates the configuration before it is stored
     sqlite_path = database_url(profile).database if database_url(profile).get_backend_name() == "sqlite" else None

@@ -587,3 +587,41 @@ def test_demo_shows_progress_on_a_terminal() -> None:
     code, stdout, terminal = _run_with_terminal_stderr("demo", "--nodes", "500", "--json")
     assert code == 0 and "100%" in terminal
     assert json.loads(stdout)["stored"]["nodes"] == 500
+
+
+# -- backend loading -------------------------------------------------------------------------------------
+
+
+def test_backend_is_loaded_through_its_entry_point_and_the_hooks(new_profile: CliProfile) -> None:
+    import aiida_sqla_plugin.hooks  # noqa: PLC0415
+    from aiida_sqla_plugin.manager import SqlaBackendManager  # noqa: PLC0415
+    from aiida_sqla_plugin.plugins import installed_backends, load_backend  # noqa: PLC0415
+    from aiida_sqla_plugin.queries import SqlaQueryManager  # noqa: PLC0415
+    from aiida_sqla_plugin.settings import SqlaSettingsManager  # noqa: PLC0415
+
+    assert "sqlalchemy" in installed_backends()
+    loaded = load_backend(ConfigFile().get_profile("p"))
+    assert loaded.pm.list_name_plugin() == [("sqlalchemy", aiida_sqla_plugin.hooks)]
+    backend = loaded.backend
+    assert isinstance(backend, SqlaBackend) and backend.profile.name == "p"
+    assert isinstance(loaded.backend_manager, SqlaBackendManager)
+    assert isinstance(loaded.settings_manager, SqlaSettingsManager)
+    assert isinstance(loaded.query_manager(backend), SqlaQueryManager)
+
+
+def test_unknown_storage_backend_lists_the_installed_ones(tmp_path: Path) -> None:
+    ConfigFile().add_profile(Profile("odd", "nosuch", {"url": f"sqlite:///{tmp_path / 'odd.sqlite'}"}))
+    error = one_error_line(invoke("-p", "odd", "storage", "version", code=1).stderr)
+    assert "no storage backend 'nosuch'" in error and "installed: sqlalchemy" in error
+    assert "installed: sqlalchemy" in one_error_line(
+        invoke("profile", "create", "odd2", "--backend", "nosuch", code=1).stderr)
+    assert "odd2" not in ConfigFile().read().profiles
+
+
+def test_profile_create_with_engine_sqlite(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "file.sqlite"
+    invoke("profile", "create", "f", "--engine", "sqlite", "--database", str(path))
+    assert (tmp_path / "sub").is_dir()
+    assert json.loads(invoke("profile", "show", "f", "--json").stdout)["storage_config"] == {"url": f"sqlite:///{path}"}
+    invoke("-p", "f", "storage", "migrate", "--force")
+    assert path.is_file()
