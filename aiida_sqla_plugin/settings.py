@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import datetime
+import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, inspect, select
+from sqlalchemy import LargeBinary, Text, bindparam, cast, delete, inspect, select
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
 
 from . import session as session_module
@@ -13,7 +15,7 @@ from .exceptions import NotExistent, ValidationError
 from .models import DbSetting, dialect_insert, utc_now
 from .profile import ProfileLike
 
-__all__ = ("Setting", "SqlaSettingsManager", "validate_setting_key", "validate_json_value")
+__all__ = ("Setting", "SqlaSettingsManager", "json_text", "validate_setting_key", "validate_json_value")
 
 
 @dataclass(frozen=True)
@@ -38,11 +40,52 @@ def validate_setting_key(key: object) -> str:
 
 
 def validate_json_value(value: Any, what: str = "value") -> None:
-    """Raise :class:`ValidationError` unless ``value`` serialises to JSON (no NaN or infinity)."""
+    """Raise :class:`ValidationError` unless ``value`` is JSON that round-trips exactly through the database."""
+    json_text(value, what)
+
+
+def json_text(value: Any, what: str = "value") -> str:
+    """Serialise a setting value so that it reads back equal, on SQLite and in PostgreSQL's JSONB.
+
+    Only dicts with string keys, lists, strings, ints, finite floats, bools and None are accepted (a tuple or an
+    int key would come back changed); strings may not hold NUL, which JSONB cannot store. An integral float is
+    written with its digits and ``.0`` (``1e+20`` -> ``100000000000000000000.0``): JSONB keeps that scale, where
+    it would give ``1e+20`` back as an int.
+    """
     try:
-        session_module.json_dumps(value)
-    except (TypeError, ValueError) as error:
-        raise ValidationError(f"{what} is not valid JSON ({error}); use dicts, lists, strings, numbers, bools or None") from error
+        return _json_text(value)
+    except (TypeError, ValueError, RecursionError) as error:
+        raise ValidationError(
+            f"{what} is not storable JSON ({error}); use dicts with string keys, lists, strings without NUL, "
+            "numbers (no NaN or infinity), bools or None"
+        ) from error
+
+
+def _json_text(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("a string contains the NUL character")
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{value!r} is not a JSON number")
+        if value.is_integer() and abs(value) >= 1e16:
+            return f"{int(value)}.0"
+        return float.__repr__(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_json_text(item) for item in value) + "]"
+    if isinstance(value, dict):
+        items = []
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"dict key {key!r} is not a string")
+            items.append(f"{_json_text(key)}: {_json_text(item)}")
+        return "{" + ", ".join(items) + "}"
+    raise TypeError(f"{type(value).__name__} is not a JSON type")
 
 
 class SqlaSettingsManager:
@@ -82,11 +125,20 @@ class SqlaSettingsManager:
     def set(self, key: str, value: Any, description: str | None = None) -> None:
         """Create or replace ``key`` in one statement; ``description=None`` keeps the stored description."""
         validate_setting_key(key)
-        validate_json_value(value, f"value of setting {key!r}")
+        text_value = json_text(value, f"value of setting {key!r}")
         self.validate_table_existence()
         engine = self.engine
-        now = utc_now()
-        statement = dialect_insert(engine.dialect.name, DbSetting).values(key=key, val=value, description=description or "", time=now)
+        # The value is bound as the JSON text made above, not re-serialised by the column type.
+        val: Any = bindparam("val", text_value, type_=Text)
+        if engine.dialect.name == "postgresql":
+            val = cast(val, JSONB)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            # SQLite gives a column declared JSON numeric affinity: the text of a bare number would be stored as
+            # a number (3.0 -> 3, 2**70 -> 1.18e21). Stored as a blob, its JSON text is kept as written.
+            val = bindparam("val", text_value.encode(), type_=LargeBinary)
+        statement = dialect_insert(engine.dialect.name, DbSetting).values(
+            key=key, val=val, description=description or "", time=utc_now()
+        )
         updates: dict[str, Any] = {"val": statement.excluded.val, "time": statement.excluded.time}
         if description is not None:
             updates["description"] = statement.excluded.description
