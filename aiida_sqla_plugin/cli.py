@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 
 from . import __version__
 from . import session as session_module
-from .config import ConfigFile, default_sqlite_path, validate_profile_name
+from .config import ConfigFile, default_sqlite_path, prepare_sqlite_storage, validate_profile_name
 from .exceptions import (
     AiidaSqlaError,
     ConfigurationError,
@@ -132,6 +132,7 @@ class CliState:
     debug: bool = False
     quiet: bool = False
     config_file: ConfigFile = field(default_factory=ConfigFile)
+    report: SchemaReport | None = None
     _loaded: LoadedBackend | None = None
 
     def profile(self) -> Profile:
@@ -145,13 +146,17 @@ class CliState:
         return self._loaded
 
     def schema(self) -> SchemaReport:
-        """The schema state of the profile's database."""
+        """The schema state of the profile's database (inspected anew at each call)."""
         loaded = self.loaded()
         return schema_report(loaded.profile, loaded.backend_manager)
 
     def backend(self) -> Any:
-        """The backend of a database whose schema fits the code; raises the matching error otherwise."""
-        error = self.schema().error()
+        """The backend of a database whose schema fits the code; raises the matching error otherwise.
+
+        The report that was checked is kept in :attr:`report`.
+        """
+        self.report = self.schema()
+        error = self.report.error()
         if error is not None:
             raise error
         return self.loaded().backend
@@ -390,16 +395,8 @@ def profile_create(name: str, url: str | None, engine: str | None, host: str | N
         raise ConfigurationError(
             f"no storage backend {storage_backend!r} is installed; installed: {', '.join(installed_backends()) or 'none'}"
         )
-    profile = Profile(name, storage_backend, storage_config)
-    location = describe_url(database_url(profile))  # validates the configuration before it is stored
-    sqlite_path = database_url(profile).database if database_url(profile).get_backend_name() == "sqlite" else None
-    if sqlite_path and sqlite_path != ":memory:":
-        from pathlib import Path  # noqa: PLC0415
-
-        try:
-            Path(sqlite_path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            fail(f"cannot create the directory of {sqlite_path} ({error.strerror}); choose another --database path")
+    profile = prepare_sqlite_storage(Profile(name, storage_backend, storage_config))
+    location = describe_url(database_url(profile))
     state.config_file.add_profile(profile, make_default=make_default)
     default = state.config_file.read().default_profile == name
     click.echo(f"Created profile {name!r}: {location}{' (default profile)' if default else ''}.")
@@ -631,7 +628,8 @@ def storage_info(as_json: bool) -> None:
     state = get_state()
     backend = state.backend()
     loaded = state.loaded()
-    report = state.schema()
+    report = state.report
+    assert report is not None
     engine = backend.engine
     data = {
         "profile": loaded.profile.name,
@@ -1126,11 +1124,7 @@ def demo(nodes: int, as_json: bool) -> None:
     state.profile_name = name
     if name not in state.config_file.read().profiles:
         path = default_sqlite_path(name)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            fail(f"cannot create the data directory {path.parent} ({error.strerror}); set AIIDA_SQLA_DATA_DIR")
-        state.config_file.add_profile(Profile(name, "sqlalchemy", {"url": f"sqlite:///{path}"}))
+        state.config_file.add_profile(prepare_sqlite_storage(Profile(name, "sqlalchemy", {"url": f"sqlite:///{path}"})))
         note(f"Created profile {name!r}: SQLite file {path}")
     loaded = state.loaded()
     manager = loaded.backend_manager

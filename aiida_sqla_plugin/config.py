@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import platformdirs
 
 from .exceptions import ConfigurationError, NotExistent, ValidationError
-from .profile import Profile
+from .profile import Profile, database_url
 
 try:
     import fcntl
@@ -42,6 +42,7 @@ __all__ = (
     "config_dir",
     "data_dir",
     "default_sqlite_path",
+    "prepare_sqlite_storage",
     "validate_profile_name",
 )
 
@@ -70,6 +71,29 @@ def data_dir() -> Path:
 def default_sqlite_path(profile_name: str) -> Path:
     """Where a profile created without a URL keeps its SQLite database (the directory is not created)."""
     return data_dir() / f"{validate_profile_name(profile_name)}.sqlite"
+
+
+def prepare_sqlite_storage(profile: Profile) -> Profile:
+    """For a SQLite profile: make its file path absolute and create the file's directory; others are returned as is.
+
+    A relative path would otherwise name a different file from every working directory.
+    """
+    url = database_url(profile)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return profile
+    path = Path(url.database).expanduser().absolute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigurationError(
+            f"Profile {profile.name!r}: cannot create the directory {path.parent} ({error.strerror}); choose another path"
+        ) from error
+    config = dict(profile.storage_config)
+    if config.get("url"):
+        config["url"] = url.set(database=str(path)).render_as_string(hide_password=False)
+    else:
+        config["database_name"] = str(path)
+    return Profile(profile.name, profile.storage_backend, config)
 
 
 def validate_profile_name(name: str) -> str:

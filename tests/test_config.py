@@ -159,3 +159,21 @@ def test_concurrent_writers_keep_every_change_and_readers_never_see_half_a_file(
     assert len(config.profiles) == per_process * writers
     assert config.default_profile is not None
     assert failures.empty()
+
+
+def test_prepare_sqlite_storage_makes_paths_absolute_and_creates_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiida_sqla_plugin.config import prepare_sqlite_storage
+
+    monkeypatch.chdir(tmp_path)
+    prepared = prepare_sqlite_storage(_profile("rel", "sqlite:///sub/dir/x.sqlite"))
+    assert prepared.storage_config == {"url": f"sqlite:///{tmp_path / 'sub' / 'dir' / 'x.sqlite'}"}
+    assert (tmp_path / "sub" / "dir").is_dir()
+    aiida_keys = Profile("k", "sqlalchemy", {"database_engine": "sqlite", "database_name": "k.sqlite"})
+    assert prepare_sqlite_storage(aiida_keys).storage_config["database_name"] == str(tmp_path / "k.sqlite")
+    postgres = _profile("pg", "postgresql+psycopg2://u@h/db")
+    assert prepare_sqlite_storage(postgres) is postgres
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigurationError, match="cannot create the directory"):
+        prepare_sqlite_storage(_profile("bad", f"sqlite:///{tmp_path / 'file' / 'x.sqlite'}"))
