@@ -574,6 +574,8 @@ def storage_version(as_json: bool) -> None:
     \b
     Exit codes: 0 compatible, 3 unreachable or corrupt, 4 migration needed (also never initialised),
     5 database ahead of the code.
+
+    \b
     Example:
       aiida-sqla -p work storage version --json
     """

@@ -327,9 +327,8 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_unreachable_postgresql_names_host_and_port(dialect: str) -> None:
-    if dialect != "postgresql":
-        pytest.skip("the SQLite counterpart is test_unreachable_and_corrupt_sqlite")
+def test_unreachable_postgresql_names_host_and_port(new_postgres_url: URL) -> None:
+    """(``new_postgres_url`` only for its skip-without-a-server behaviour.)"""
     port = _free_port()
     invoke("profile", "create", "gone", "--url", f"postgresql+psycopg2://postgres@127.0.0.1:{port}/nothing")
     result = run_script("storage", "info", code=3)
