@@ -5,6 +5,10 @@ must never use, close, roll back or finalise a connection it inherited (SQLite f
 shared with the parent), so :func:`after_fork_in_child` swaps every engine's pool and session registry for new
 ones and keeps the inherited objects referenced, so that garbage collection never resets them either.
 A pid check on pool checkout and in :func:`get_scoped_session` guards forks that bypass ``os.register_at_fork``.
+
+SQLite keeps its lock state in process memory, so a child forked while its parent holds SQLite's *write* lock
+(uncommitted, flushed writes) can never write; transactions therefore begin deferred and reads take no write
+lock. Commit, or at least do not flush, before forking on SQLite.
 """
 from __future__ import annotations
 

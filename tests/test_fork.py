@@ -26,10 +26,10 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from aiida_sqla_plugin import get_engine, get_scoped_session, get_session_factory
+from aiida_sqla_plugin import Profile, get_engine, get_scoped_session, get_session_factory, recreate_after_fork
 from aiida_sqla_plugin.backend import SqlaBackend
 from aiida_sqla_plugin.models import DbUser
-from aiida_sqla_plugin.session import SQLITE_BEGIN_OPTION
+from aiida_sqla_plugin.session import SQLITE_BEGIN_OPTION, create_profile_engine
 
 from host_stub import Host, fork_hooks_suspended
 
@@ -213,3 +213,27 @@ def test_sqlite_child_forked_during_a_write_cannot_write(backend: SqlaBackend, u
     pid = fork(child)
     parent.commit()
     assert wait_for(pid) == 0
+
+
+def test_recreate_after_fork_of_an_engine_the_backend_does_not_manage(profile: Profile, dialect: str) -> None:
+    engine = create_profile_engine(profile)
+    try:
+        with engine.connect() as connection:
+            pooled = connection.connection.dbapi_connection
+        pool = engine.pool
+
+        def child() -> None:
+            recreate_after_fork(engine)
+            assert engine.pool is not pool
+            with engine.connect() as connection:
+                assert connection.connection.dbapi_connection is not pooled
+                assert connection.scalar(text("SELECT 1")) == 1
+
+        with fork_hooks_suspended():
+            pid = fork(child)
+        assert wait_for(pid) == 0
+        with engine.connect() as connection:
+            assert connection.connection.dbapi_connection is pooled
+            assert connection.scalar(text("SELECT 2")) == 2
+    finally:
+        engine.dispose()
