@@ -1,0 +1,330 @@
+"""Benchmark of bulk storage, statistics, ancestry (with and without the closure) and deletion.
+
+Each run builds the synthetic graph of ``--nodes`` nodes in a fresh database and prints ONE JSON object:
+
+    python benchmarks/bench.py --nodes 100000 --dialect both
+    python benchmarks/bench.py --statistics-only --nodes 1000000 --dialect postgresql
+
+PostgreSQL databases are created through ``AIIDA_SQLA_BENCH_PG_URL`` (default: the tests' admin URL,
+``postgresql+psycopg2://postgres@127.0.0.1:5432/postgres``) and dropped afterwards; SQLite files live in a
+temporary directory. Times are wall-clock seconds; "best" is the minimum of ``--repeat`` runs.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import psycopg2
+import sqlalchemy
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
+
+import aiida_sqla_plugin
+from aiida_sqla_plugin import bulk
+from aiida_sqla_plugin.backend import SqlaBackend
+from aiida_sqla_plugin.bulk import bulk_insert
+from aiida_sqla_plugin.closure import closure_status, install_tc
+from aiida_sqla_plugin.graph import delete_nodes, get_ancestors, get_descendants
+from aiida_sqla_plugin.manager import SqlaBackendManager
+from aiida_sqla_plugin.models import DbComputer, DbNode, DbUser
+from aiida_sqla_plugin.synthetic import build_graph, node_rows
+
+PG_ADMIN_URL = make_url(os.environ.get("AIIDA_SQLA_BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"))
+#: Nodes stored one by one through the ORM for the baseline (kept small: it is slow by design).
+ORM_BASELINE_NODES = 5_000
+T = TypeVar("T")
+
+
+def machine_facts() -> dict[str, Any]:
+    """Hardware and software versions the figures depend on."""
+    memory_kib = 0
+    with contextlib.suppress(OSError), open("/proc/meminfo", encoding="ascii") as meminfo:
+        memory_kib = int(next(line for line in meminfo if line.startswith("MemTotal")).split()[1])
+    server = None
+    with contextlib.suppress(Exception):
+        engine = create_engine(PG_ADMIN_URL)
+        with engine.connect() as connection:
+            server = connection.execute(text("SHOW server_version")).scalar_one()
+        engine.dispose()
+    return {
+        "nproc": os.cpu_count(),
+        "ram_gib": round(memory_kib / 2**20, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "postgresql": server,
+        "sqlalchemy": sqlalchemy.__version__,
+        "psycopg2": psycopg2.__version__.split()[0],
+    }
+
+
+def _admin(statement: str) -> None:
+    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(text(statement))
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def fresh_backend(dialect: str, name: str = "bench") -> Iterator[SqlaBackend]:
+    """A migrated backend on a new, empty database of ``dialect``, dropped afterwards."""
+    with contextlib.ExitStack() as stack:
+        if dialect == "sqlite":
+            directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="aiida-sqla-bench-"))
+            url = f"sqlite:///{directory}/storage.sqlite"
+        else:
+            database = f"aiida_sqla_bench_{uuid.uuid4().hex[:10]}"
+            _admin(f'CREATE DATABASE "{database}"')
+            stack.callback(_admin, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            url = PG_ADMIN_URL.set(database=database).render_as_string(hide_password=False)
+        stack.callback(aiida_sqla_plugin.dispose_engines)
+        profile = aiida_sqla_plugin.Profile(f"{name}-{dialect}", "sqlalchemy", {"url": url})
+        aiida_sqla_plugin.reset_session(profile)
+        SqlaBackendManager(profile).migrate()
+        yield SqlaBackend(profile)
+
+
+def timed(function: Callable[[], T]) -> tuple[float, T]:
+    start = time.perf_counter()
+    result = function()
+    return time.perf_counter() - start, result
+
+
+def best(function: Callable[[], T], repeat: int) -> tuple[float, T]:
+    """Minimum time of ``repeat`` runs, and the last result."""
+    times = []
+    result: Any = None
+    for _ in range(repeat):
+        seconds, result = timed(function)
+        times.append(seconds)
+    return min(times), result
+
+
+def _round(value: float) -> float:
+    return round(value, 4)
+
+
+def _rate(count: int, seconds: float) -> int:
+    return round(count / seconds) if seconds > 0 else 0
+
+
+def _owner_rows(backend: SqlaBackend) -> tuple[int, int]:
+    (user,) = bulk_insert(backend, DbUser, [{"email": "bench@example.org"}])
+    (computer,) = bulk_insert(backend, DbComputer, [{"label": "localhost", "hostname": "localhost"}])
+    return user, computer
+
+
+def raw_copy_seconds(nodes: int, seed: int) -> float:
+    """COPY of the same node rows, pre-formatted with ids, into a fresh PostgreSQL database (including commit)."""
+    with fresh_backend("postgresql", "bench-copy") as backend:
+        user, computer = _owner_rows(backend)
+        rows = list(node_rows(nodes, user, computer, seed=seed))
+        plan = bulk._plan(DbNode)
+        lines, _ = bulk._prepare(plan, rows, backend.engine.dialect, for_copy=True)
+        columns = ", ".join(["id", *(f'"{field.column_name}"' for field in plan.fields)])
+        chunks = [
+            "".join(f"{index + 1}\t{lines[index]}\n" for index in range(start, min(start + bulk.CHUNK_SIZE, nodes)))
+            for start in range(0, nodes, bulk.CHUNK_SIZE)
+        ]
+        start = time.perf_counter()
+        with backend.engine.begin() as connection:
+            cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            for chunk in chunks:
+                cursor.copy_expert(f"COPY db_dbnode ({columns}) FROM STDIN", io.StringIO(chunk), size=1 << 16)
+        return time.perf_counter() - start
+
+
+def orm_baseline(dialect: str, nodes: int, seed: int) -> dict[str, Any]:
+    """The same node rows stored by adding ORM objects one by one (a flush each), then with bulk_insert."""
+    with fresh_backend(dialect, "bench-orm") as backend:
+        user, computer = _owner_rows(backend)
+        rows = list(node_rows(nodes, user, computer, seed=seed))
+        session = backend.get_session()
+        start = time.perf_counter()
+        for row in rows:
+            session.add(DbNode(**row))
+            session.flush()
+        session.commit()
+        one_by_one = time.perf_counter() - start
+        start = time.perf_counter()
+        session.add_all([DbNode(**row) for row in rows])
+        session.commit()
+        add_all = time.perf_counter() - start
+        backend.close()
+        bulk_seconds, _ = timed(lambda: bulk_insert(backend, DbNode, rows))
+    return {
+        "nodes": nodes,
+        "one_by_one_seconds": _round(one_by_one),
+        "add_all_seconds": _round(add_all),
+        "bulk_insert_seconds": _round(bulk_seconds),
+        "bulk_speedup_vs_one_by_one": round(one_by_one / bulk_seconds, 1),
+        "bulk_speedup_vs_add_all": round(add_all / bulk_seconds, 1),
+    }
+
+
+def ancestry(backend: SqlaBackend, pk: int, repeat: int) -> dict[str, Any]:
+    ancestors_seconds, ancestors = best(lambda: get_ancestors([pk], backend=backend), repeat)
+    descendants_seconds, descendants = best(lambda: get_descendants([pk], backend=backend), repeat)
+    return {
+        "ancestors": len(ancestors),
+        "ancestors_seconds": _round(ancestors_seconds),
+        "descendants": len(descendants),
+        "descendants_seconds": _round(descendants_seconds),
+        "_sets": (ancestors, descendants),
+    }
+
+
+def delete_newest_tenth(backend: SqlaBackend, node_ids: tuple[int, ...]) -> dict[str, Any]:
+    """Delete the newest 10% of the nodes with the default rules (dry_run=False); returns counts and time.
+
+    The newest tenth, not a random one: deleting a data node takes everything derived from it, so a random
+    sample of an old graph would take almost all of it along.
+    """
+    requested = list(node_ids[len(node_ids) - len(node_ids) // 10 :])
+    backend.close()
+    seconds, (deleted, done) = timed(lambda: delete_nodes(requested, dry_run=False, backend=backend))
+    backend.close()
+    with backend.engine.connect() as connection:
+        left = connection.execute(select(func.count()).select_from(DbNode)).scalar_one()
+    assert done and left == len(node_ids) - len(deleted)
+    return {"requested": len(requested), "deleted": len(deleted), "seconds": _round(seconds)}
+
+
+def graph_run(dialect: str, nodes: int, seed: int, repeat: int, orm_nodes: int) -> dict[str, Any]:
+    """The full benchmark on one dialect: one graph without the closure, then a second one with it."""
+    result: dict[str, Any] = {"benchmark": "graph", "dialect": dialect, "nodes": nodes, "seed": seed}
+    with fresh_backend(dialect) as backend:
+        build_seconds, graph = timed(lambda: build_graph(backend, nodes, seed=seed))
+        stored = graph.store_seconds
+        result.update(
+            links=graph.link_count,
+            depth=graph.depth,
+            build_graph_seconds=_round(build_seconds),
+            store={
+                "nodes_seconds": _round(stored["nodes"]),
+                "nodes_per_second": _rate(nodes, stored["nodes"]),
+                "links_seconds": _round(stored["links"]),
+                "links_per_second": _rate(graph.link_count, stored["links"]),
+            },
+        )
+        statistics_seconds, statistics = best(backend.query_manager.get_creation_statistics, repeat)
+        assert statistics["total"] == nodes
+        result["statistics_seconds"] = _round(statistics_seconds)
+
+        deep = graph.deepest_node
+        assert deep is not None
+        plain_deep = ancestry(backend, deep, repeat)
+        oldest = min(plain_deep["_sets"][0])  # the oldest ancestor: a shared root with many descendants
+        plain_oldest = ancestry(backend, oldest, repeat)
+        delete_plain = delete_newest_tenth(backend, graph.node_ids)
+
+    with fresh_backend(dialect) as backend:
+        same = build_graph(backend, nodes, seed=seed)
+        assert (same.deepest_node, same.node_ids[0]) == (deep, graph.node_ids[0])
+        session = backend.get_session()
+        install_seconds, _ = timed(lambda: install_tc(session))
+        status = closure_status(session)
+        session.commit()
+        backend.close()
+        analyze_seconds = 0.0
+        if dialect == "postgresql":
+            # install_tc leaves db_dbpath without planner statistics until autovacuum analyses it; meanwhile each
+            # trigger call of a deletion scans the whole table (10k nodes: 400 s instead of 1 s). Analyse now.
+            with backend.engine.begin() as connection:
+                analyze_seconds, _ = timed(lambda: connection.exec_driver_sql("ANALYZE db_dbpath"))
+        result["closure"] = {
+            "install_seconds": _round(install_seconds),
+            "analyze_seconds": _round(analyze_seconds),
+            "rows": status.rows,
+            "covered_link_types": list(status.link_types),
+            "rows_per_link": round(status.rows / graph.link_count, 2),
+            "rows_per_covered_link": round(status.rows / status.links, 2) if status.links else None,
+        }
+        closure_deep = ancestry(backend, deep, repeat)
+        closure_oldest = ancestry(backend, oldest, repeat)
+        assert closure_deep.pop("_sets") == plain_deep.pop("_sets"), "closure and CTE disagree (deep node)"
+        assert closure_oldest.pop("_sets") == plain_oldest.pop("_sets"), "closure and CTE disagree (oldest ancestor)"
+        result["deep_node"] = {"pk": deep, "without_closure": plain_deep, "with_closure": closure_deep}
+        result["oldest_ancestor_of_deep_node"] = {"pk": oldest, "without_closure": plain_oldest, "with_closure": closure_oldest}
+        delete_closure = delete_newest_tenth(backend, same.node_ids)
+        with backend.engine.connect() as connection:
+            status_rows = connection.execute(text("SELECT count(*) FROM db_dbpath")).scalar_one()
+        result["delete_10_percent"] = {
+            "without_closure": delete_plain,
+            "with_closure": delete_closure,
+            "closure_rows_after": status_rows,
+        }
+    if dialect == "postgresql":
+        copy_seconds = raw_copy_seconds(nodes, seed)
+        result["raw_copy"] = {
+            "seconds": _round(copy_seconds),
+            "rows_per_second": _rate(nodes, copy_seconds),
+            "store_to_copy_ratio": round(stored["nodes"] / copy_seconds, 2),
+        }
+    if orm_nodes:
+        result["orm_baseline"] = orm_baseline(dialect, min(orm_nodes, nodes), seed)
+    return result
+
+
+def statistics_run(dialect: str, nodes: int, seed: int, repeat: int) -> dict[str, Any]:
+    """Only nodes (no links): store ``nodes`` rows and time the creation statistics."""
+    result: dict[str, Any] = {"benchmark": "statistics", "dialect": dialect, "nodes": nodes, "seed": seed}
+    with fresh_backend(dialect, "bench-stats") as backend:
+        user, computer = _owner_rows(backend)
+        rows = node_rows(nodes, user, computer, seed=seed)
+        start = time.perf_counter()
+        while chunk := [row for _, row in zip(range(100_000), rows)]:
+            bulk_insert(backend, DbNode, chunk)
+        store_seconds = time.perf_counter() - start
+        first_seconds, statistics = timed(backend.query_manager.get_creation_statistics)
+        best_seconds, statistics = best(backend.query_manager.get_creation_statistics, repeat)
+        user_seconds, _ = best(lambda: backend.query_manager.get_creation_statistics(user_pk=user), repeat)
+        assert statistics["total"] == nodes
+        result.update(
+            store_seconds=_round(store_seconds),
+            nodes_per_second=_rate(nodes, store_seconds),
+            statistics_first_seconds=_round(first_seconds),
+            statistics_seconds=_round(best_seconds),
+            statistics_user_filter_seconds=_round(user_seconds),
+            days=len(statistics["ctime_by_day"]),
+            types=len(statistics["types"]),
+        )
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, default=100_000, help="nodes of the synthetic graph (default 100000)")
+    parser.add_argument("--dialect", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per timed query; the best is reported")
+    parser.add_argument("--orm-nodes", type=int, default=ORM_BASELINE_NODES, help="nodes for the ORM baseline (0: skip)")
+    parser.add_argument("--statistics-only", action="store_true", help="store nodes only and time the statistics")
+    args = parser.parse_args(argv)
+    dialects = ("sqlite", "postgresql") if args.dialect == "both" else (args.dialect,)
+    machine = machine_facts()
+    for dialect in dialects:
+        if args.statistics_only:
+            result = statistics_run(dialect, args.nodes, args.seed, args.repeat)
+        else:
+            result = graph_run(dialect, args.nodes, args.seed, args.repeat, args.orm_nodes)
+        result["machine"] = machine
+        print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
