@@ -1,6 +1,6 @@
 """Typed SQLAlchemy models of the provenance schema, table and column names as AiiDA 2.x ``psql_dos``.
 
-JSON columns are JSONB on PostgreSQL and JSON on SQLite, UUIDs are native on PostgreSQL, and every time is
+JSON columns are JSONB on PostgreSQL and JSON text on SQLite, UUIDs are native on PostgreSQL, and every time is
 timezone-aware (stored in UTC on SQLite). Constructing a model fills its defaults, so
 ``DbNode(node_type="data.core.int.Int.", user_id=user.id)`` is a complete node.
 """
@@ -30,6 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = (
@@ -46,6 +47,7 @@ __all__ = (
     "DbSetting",
     "DbUser",
     "ENTITIES",
+    "JsonType",
     "dialect_insert",
     "utc_now",
 )
@@ -89,7 +91,18 @@ class UTCDateTime(TypeDecorator[datetime.datetime]):
         return value
 
 
-JsonType = JSON().with_variant(JSONB(), "postgresql")
+class SQLiteJSONText(sqlite.JSON):
+    """SQLite JSON declared as ``TEXT``: a column declared ``JSON`` gets numeric affinity, which would store the
+    JSON text ``3.0`` as the integer 3 and ``2**70`` as a lossy real."""
+
+
+@compiles(SQLiteJSONText, "sqlite")
+def _compile_sqlite_json_text(type_: SQLiteJSONText, compiler: Any, **kwargs: Any) -> str:
+    return "TEXT"
+
+
+#: JSON columns: JSONB on PostgreSQL, JSON stored as TEXT on SQLite.
+JsonType = JSON().with_variant(JSONB(), "postgresql").with_variant(SQLiteJSONText(), "sqlite")
 
 
 def _empty_dict() -> dict[str, Any]:

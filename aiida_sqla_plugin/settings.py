@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import LargeBinary, Text, bindparam, cast, delete, inspect, select
+from sqlalchemy import Text, bindparam, cast, delete, inspect, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
 
@@ -132,10 +132,6 @@ class SqlaSettingsManager:
         val: Any = bindparam("val", text_value, type_=Text)
         if engine.dialect.name == "postgresql":
             val = cast(val, JSONB)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            # SQLite gives a column declared JSON numeric affinity: the text of a bare number would be stored as
-            # a number (3.0 -> 3, 2**70 -> 1.18e21). Stored as a blob, its JSON text is kept as written.
-            val = bindparam("val", text_value.encode(), type_=LargeBinary)
         statement = dialect_insert(engine.dialect.name, DbSetting).values(
             key=key, val=val, description=description or "", time=utc_now()
         )

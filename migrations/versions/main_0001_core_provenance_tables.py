@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import postgresql
+
+from aiida_sqla_plugin.models import JsonType as JSON  # JSONB on PostgreSQL, TEXT on SQLite
 
 revision = "main_0001"
 down_revision = None
 branch_labels = None
 depends_on = None
 
-JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 TIME = sa.DateTime(timezone=True)
 
 
