@@ -18,6 +18,9 @@ from .settings import SqlaSettingsManager
 
 __all__ = ("SqlaBackend", "get_backend")
 
+#: Key in ``Session.info`` counting the :meth:`SqlaBackend.transaction` blocks open on that session.
+_TRANSACTION_DEPTH = "aiida_sqla_transaction_depth"
+
 
 class SqlaBackend:
     """Storage backend of one profile."""
@@ -56,14 +59,25 @@ class SqlaBackend:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Session]:
-        """Commit the block's work on success, roll it back on error; nested use makes savepoints."""
+        """Commit the block's work on success, roll it back on error; nested blocks make savepoints.
+
+        The outermost block commits, also when the session had already begun a transaction on its own (by
+        loading an object); an error then rolls back only the block's work, in a savepoint.
+        """
         session = self.get_session()
-        if session.in_transaction():
-            with session.begin_nested():
-                yield session
-        else:
-            with session.begin():
-                yield session
+        depth = session.info.get(_TRANSACTION_DEPTH, 0)
+        session.info[_TRANSACTION_DEPTH] = depth + 1
+        try:
+            if depth == 0 and not session.in_transaction():
+                with session.begin():
+                    yield session
+            else:
+                with session.begin_nested():
+                    yield session
+                if depth == 0:
+                    session.commit()
+        finally:
+            session.info[_TRANSACTION_DEPTH] = depth
 
     def bulk_insert(
         self, entity: type[Base] | str, rows: Iterable[Mapping[str, Any]], progress: ProgressCallback | None = None

@@ -5,8 +5,8 @@ so any number of nodes works on both dialects: the deletion traversal runs one q
 ancestors and descendants one recursive CTE (or one query on the closure table ``db_dbpath`` when it is installed
 for exactly the requested link types).
 
-Each call runs in :meth:`SqlaBackend.transaction`: on its own it commits, but when the thread's session already is
-in a transaction (also one it began implicitly by loading an object) it works in a savepoint and the caller commits.
+Each call runs in :meth:`SqlaBackend.transaction`: it commits, unless it is called inside another
+``transaction()`` block, where it works in a savepoint and the outer block commits.
 """
 from __future__ import annotations
 

@@ -162,3 +162,19 @@ def test_transaction_error_in_the_outer_block_rolls_back_the_savepoints_too(back
             inner.add(DbUser(email="inner@x"))
         raise KeyError("outer fails")
     assert users() == set()
+
+
+def test_transaction_commits_after_the_session_began_on_its_own(backend: SqlaBackend, user: DbUser) -> None:
+    """Loading an object autobegins the session's transaction; the block must still commit, not just a savepoint."""
+    assert user.email  # refreshes the expired object: the session is now in a transaction it began itself
+    assert backend.get_session().in_transaction()
+    with backend.transaction() as session:
+        session.add(DbUser(email="after-autobegin@x"))
+    assert not backend.get_session().in_transaction()
+    assert users() == {"tester@example.org", "after-autobegin@x"}
+    assert user.email  # autobegins again
+    with pytest.raises(ValueError), backend.transaction() as session:
+        session.add(DbUser(email="lost@x"))
+        session.flush()
+        raise ValueError("only the block's savepoint rolls back")
+    assert "lost@x" not in users()
