@@ -5,7 +5,9 @@ times), fills the models' own column defaults, checks foreign keys with one set-
 column, then writes in one transaction of its own connection (``engine.begin()``):
 
 * PostgreSQL: ids are reserved with ``nextval`` over ``generate_series`` and the rows are streamed with
-  ``COPY ... FROM STDIN`` (text format) through psycopg2's ``copy_expert``;
+  ``COPY ... FROM STDIN`` (text format) through psycopg2's ``copy_expert``; a call that grows the table by 10%
+  or more (and at least :data:`ANALYZE_MIN_ROWS` rows) then runs ``ANALYZE`` on it, so that queries right
+  after a large load get good plans;
 * SQLite: the transaction begins ``IMMEDIATE`` (it holds the write lock), ids follow ``max(id)`` and the rows
   go through the driver's ``executemany``.
 
@@ -60,6 +62,9 @@ BULK_ENTITIES: dict[str, type[Base]] = {
 }
 #: Rows per ``COPY`` statement (PostgreSQL) or ``executemany`` call (SQLite); progress is reported per chunk.
 CHUNK_SIZE = 20_000
+
+#: PostgreSQL: a call inserting at least this many rows, and 10% of the table, analyses the table afterwards.
+ANALYZE_MIN_ROWS = 1_000
 
 _MISSING: Any = object()
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
@@ -374,7 +379,22 @@ def _store_postgresql(
             report(progress, description, stop, total)
     finally:
         cursor.close()
+    _analyze_if_grown(connection, table, total)
     return ids
+
+
+def _analyze_if_grown(connection: Connection, table: str, inserted: int) -> None:
+    """``ANALYZE`` the table when this call grew it by 10% or more (as autovacuum would, only later).
+
+    Right after a large load the planner has no statistics for the new rows: recursive ancestry queries over
+    freshly loaded links ran 300 times slower (4 s instead of 0.01 s at 200k links) until the table was analysed.
+    Inside the transaction, ANALYZE counts the rows this transaction inserted.
+    """
+    estimate = connection.execute(
+        text("SELECT reltuples FROM pg_class WHERE oid = CAST(:table AS regclass)"), {"table": table}
+    ).scalar_one()
+    if inserted >= ANALYZE_MIN_ROWS and inserted >= 0.1 * max(float(estimate), 0.0):
+        connection.exec_driver_sql(f"ANALYZE {table}")
 
 
 def _store_sqlite(

@@ -229,3 +229,13 @@ def test_unique_violations_store_nothing(backend, user):
 def test_backend_method_delegates(backend, user):
     ids = backend.bulk_insert("db_dbnode", node_rows(user.id, 2))
     assert len(ids) == 2 and count(backend, DbNode) == 2
+
+
+def test_large_loads_are_analysed_on_postgresql(backend, user, dialect):
+    if dialect != "postgresql":
+        pytest.skip("planner statistics are refreshed only on PostgreSQL")
+    user_id = user.id
+    bulk_insert(backend, DbNode, node_rows(user_id, bulk.ANALYZE_MIN_ROWS + 500))
+    with backend.engine.connect() as connection:
+        estimate = connection.exec_driver_sql("SELECT reltuples FROM pg_class WHERE relname = 'db_dbnode'").scalar_one()
+    assert estimate == bulk.ANALYZE_MIN_ROWS + 500
