@@ -381,24 +381,38 @@ def _lock(connection: Connection, dialect: str, names: _Names) -> None:
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({names.lock_key})")
 
 
+_BACKFILL_TABLES = ("tc_edge", "tc_waiting", "tc_ready", "tc_next", "tc_closure")
+
+
 def _backfill(connection: Connection, dialect: str, link_types: tuple[str, ...], progress: ProgressCallback | None) -> int:
     """Fill the (empty) closure from the covered links; returns its row count. Raises on a cycle.
 
-    ``P_1`` is the link multigraph, ``P_{k+1}(a, d) = sum_x P_k(a, x) * E(x, d)``, one grouped statement per
-    path length; the closure is the sum of all ``P_k``. In a DAG ``P_k`` is empty past the longest path; a
-    cycle shows as a pair ``(a, a)``.
+    Nodes are settled sinks first: a node is *ready* once every child it has is settled, and its closure rows are
+    then ``C(a, d) = sum over links a -> x of n(a, x) * ([x = d] + C(x, d))``, one grouped statement for all nodes
+    ready in a round. Each pair is written once (no per-path-length copies, never listing paths), into an
+    unlogged temporary table that is copied into ``db_dbpath`` at the end; on PostgreSQL the closure's indexes
+    are rebuilt after that copy, which is several times faster than maintaining them row by row. Nodes left
+    unsettled when no node is ready any more lie on or above a cycle.
     """
-    suffix = " ON COMMIT DROP" if dialect == "postgresql" else ""
-    names = ("tc_edge", "tc_level_0", "tc_level_1", "tc_sum")
+    temporary = "CREATE TEMPORARY TABLE {} ({}){}".format
+    on_commit = " ON COMMIT DROP" if dialect == "postgresql" else ""
     if dialect == "sqlite":
-        _execute_script(connection, [f"DROP TABLE IF EXISTS temp.{name}" for name in names])
+        _execute_script(connection, [f"DROP TABLE IF EXISTS temp.{name}" for name in _BACKFILL_TABLES])
+    else:
+        # JIT-compiling each round's small statement costs far more than it saves (~0.1 s a statement)
+        connection.exec_driver_sql("SET LOCAL jit = off")
     _execute_script(
         connection,
-        [f"CREATE TEMPORARY TABLE {name} (src bigint NOT NULL, dst bigint NOT NULL, n bigint NOT NULL){suffix}" for name in names]
-        + ["CREATE INDEX tc_edge_src ON tc_edge (src)"],
+        [
+            temporary("tc_edge", "src bigint NOT NULL, dst bigint NOT NULL, n bigint NOT NULL", on_commit),
+            temporary("tc_waiting", "node bigint PRIMARY KEY, waiting bigint NOT NULL", on_commit),
+            temporary("tc_ready", "node bigint PRIMARY KEY", on_commit),
+            temporary("tc_next", "node bigint PRIMARY KEY", on_commit),
+            temporary("tc_closure", "src bigint NOT NULL, dst bigint NOT NULL, n bigint NOT NULL", on_commit),
+        ],
     )
-    edge, level0, level1, total = (table(name, column("src"), column("dst"), column("n")) for name in names)
     links: Table = DbLink.__table__  # type: ignore[assignment]
+    edge = table("tc_edge", column("src"), column("dst"), column("n"))
     connection.execute(
         insert(edge).from_select(
             ["src", "dst", "n"],
@@ -407,40 +421,87 @@ def _backfill(connection: Connection, dialect: str, link_types: tuple[str, ...],
             .group_by(links.c.input_id, links.c.output_id),
         )
     )
-    if dialect == "postgresql":
-        connection.exec_driver_sql("ANALYZE tc_edge")
-    connection.execute(insert(level0).from_select(["src", "dst", "n"], select(edge.c.src, edge.c.dst, edge.c.n)))
-    current, following = level0, level1
-    length = 0
+    analyze = ["ANALYZE tc_ready"] if dialect == "postgresql" else []
+    _execute_script(
+        connection,
+        [
+            "CREATE INDEX tc_edge_src ON tc_edge (src)",
+            "CREATE INDEX tc_edge_dst ON tc_edge (dst)",
+            "CREATE INDEX tc_closure_src ON tc_closure (src)",
+            *(["ANALYZE tc_edge"] if dialect == "postgresql" else []),
+            # how many of its children each source still waits for (children that are sources themselves)
+            "INSERT INTO tc_waiting (node, waiting) SELECT e.src, "
+            "sum(CASE WHEN EXISTS (SELECT 1 FROM tc_edge f WHERE f.src = e.dst) THEN 1 ELSE 0 END) "
+            "FROM tc_edge e GROUP BY e.src",
+            "INSERT INTO tc_ready (node) SELECT node FROM tc_waiting WHERE waiting = 0",
+            *analyze,
+        ],
+    )
+    total = connection.exec_driver_sql("SELECT count(*) FROM tc_waiting").scalar_one()
+    settled = 0
+    round_statements = [
+        "INSERT INTO tc_closure (src, dst, n) SELECT a, d, sum(c) FROM ("
+        " SELECT e.src AS a, e.dst AS d, e.n AS c FROM tc_ready r JOIN tc_edge e ON e.src = r.node"
+        " UNION ALL"
+        " SELECT e.src, q.dst, e.n * q.n FROM tc_ready r JOIN tc_edge e ON e.src = r.node"
+        " JOIN tc_closure q ON q.src = e.dst"
+        ") AS paths GROUP BY a, d",
+        "DELETE FROM tc_next",
+        "INSERT INTO tc_next (node) SELECT DISTINCT e.src FROM tc_ready r JOIN tc_edge e ON e.dst = r.node",
+        "DELETE FROM tc_waiting WHERE node IN (SELECT node FROM tc_ready)",
+        "UPDATE tc_waiting SET waiting = waiting - (SELECT count(*) FROM tc_edge e JOIN tc_ready r ON r.node = e.dst"
+        " WHERE e.src = tc_waiting.node) WHERE node IN (SELECT node FROM tc_next)",
+        "DELETE FROM tc_ready",
+        "INSERT INTO tc_ready (node) SELECT w.node FROM tc_waiting w JOIN tc_next x ON x.node = w.node WHERE w.waiting = 0",
+        *analyze,
+    ]
     while True:
-        looped = connection.execute(select(current.c.src).where(current.c.src == current.c.dst).limit(1)).scalar()
-        if looped is not None:
-            raise ValidationError(f"{CYCLE_MESSAGE}: node {looped} reaches itself through links of types {list(link_types)}")
-        connection.execute(insert(total).from_select(["src", "dst", "n"], select(current.c.src, current.c.dst, current.c.n)))
-        length += 1
-        report(progress, "closure", length, None)
-        connection.execute(delete(following))
-        grown = connection.execute(
-            insert(following).from_select(
-                ["src", "dst", "n"],
-                select(current.c.src, edge.c.dst, func.sum(current.c.n * edge.c.n))
-                .join(edge, edge.c.src == current.c.dst)
-                .group_by(current.c.src, edge.c.dst),
-            )
-        ).rowcount
-        current, following = following, current
-        if not grown:
+        ready = connection.exec_driver_sql("SELECT count(*) FROM tc_ready").scalar_one()
+        if not ready:
             break
-    paths: Table = DbPath.__table__  # type: ignore[assignment]
-    rows = connection.execute(
-        insert(paths).from_select(
-            ["parent_id", "child_id", "path_count"],
-            select(total.c.src, total.c.dst, func.sum(total.c.n)).group_by(total.c.src, total.c.dst),
-        )
-    ).rowcount
+        _execute_script(connection, round_statements)
+        settled += ready
+        report(progress, "closure", settled, total)
+    if settled < total:
+        raise ValidationError(f"{CYCLE_MESSAGE}: node {_node_on_cycle(connection)} reaches itself through links of types {list(link_types)}")
+    rows = _copy_into_closure(connection, dialect)
     if dialect == "sqlite":
-        _execute_script(connection, [f"DROP TABLE temp.{name}" for name in names])
-    report(progress, "closure", length, length)
+        _execute_script(connection, [f"DROP TABLE temp.{name}" for name in _BACKFILL_TABLES])
+    return rows
+
+
+def _node_on_cycle(connection: Connection) -> int:
+    """A node on a cycle among the unsettled nodes (each of which waits for an unsettled child)."""
+    children: dict[int, int] = dict(
+        connection.exec_driver_sql(
+            "SELECT e.src, min(e.dst) FROM tc_edge e JOIN tc_waiting w ON w.node = e.src "
+            "WHERE e.dst IN (SELECT node FROM tc_waiting) GROUP BY e.src"
+        ).all()
+    )
+    node = min(children)
+    seen: set[int] = set()
+    while node not in seen:
+        seen.add(node)
+        node = children[node]
+    return node
+
+
+def _copy_into_closure(connection: Connection, dialect: str) -> int:
+    """Copy the computed pairs into ``db_dbpath`` (rebuilding its indexes afterwards on PostgreSQL)."""
+    paths: Table = DbPath.__table__  # type: ignore[assignment]
+    copy = "INSERT INTO db_dbpath (parent_id, child_id, path_count) SELECT src, dst, n FROM tc_closure ORDER BY src, dst"
+    if dialect != "postgresql":
+        return int(connection.exec_driver_sql(copy).rowcount or 0)
+    # Plain DDL: SQLAlchemy's DropConstraint would also detach the key from the shared Table for later create_all.
+    key = f'"{paths.primary_key.name}" PRIMARY KEY ({", ".join(column.name for column in paths.primary_key)})'
+    for index in paths.indexes:
+        index.drop(connection)
+    connection.exec_driver_sql(f'ALTER TABLE db_dbpath DROP CONSTRAINT "{paths.primary_key.name}"')
+    rows = connection.exec_driver_sql(copy).rowcount
+    connection.exec_driver_sql(f"ALTER TABLE db_dbpath ADD CONSTRAINT {key}")
+    for index in paths.indexes:
+        index.create(connection)
+    connection.exec_driver_sql("ANALYZE db_dbpath")
     return int(rows or 0)
 
 

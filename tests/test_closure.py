@@ -11,9 +11,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 from sqlalchemy import case, delete, func, insert, select, text, update
+from sqlalchemy import inspect as inspect_schema
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, InternalError, NotSupportedError
 from sqlalchemy.orm import Session
+from sqlalchemy.schema import CreateTable
 
 from aiida_sqla_plugin.backend import SqlaBackend
 from aiida_sqla_plugin.closure import (
@@ -616,3 +618,20 @@ def test_random_changes_keep_the_closure_exact(installed: Engine, user: DbUser) 
             max_examples=25, stateful_step_count=15, deadline=None, suppress_health_check=list(HealthCheck)
         ),
     )
+
+
+def test_install_rebuilds_the_closure_indexes_and_leaves_the_model_intact(installed: Engine, nodes: list[int]) -> None:
+    """The backfill may drop and rebuild db_dbpath's key and index, but they must be back, and the shared Table
+    must still create them for the next database."""
+    a, b, c = nodes[:3]
+    with installed.begin() as connection:
+        add_links(connection, [(a, b, "create"), (b, c, "input_calc")])
+    with Session(installed) as session:
+        rebuild_tc(session)
+    with installed.connect() as connection:
+        schema = inspect_schema(connection)
+        assert schema.get_pk_constraint("db_dbpath")["constrained_columns"] == ["parent_id", "child_id"]
+        assert [index["column_names"] for index in schema.get_indexes("db_dbpath")] == [["child_id", "parent_id"]]
+        assert closure(connection) == {(a, b): 1, (b, c): 1, (a, c): 1}
+    ddl = str(CreateTable(PATHS).compile(installed))
+    assert "PRIMARY KEY (parent_id, child_id)" in ddl
