@@ -198,17 +198,20 @@ class SqlaBackendManager:
 
     # -- migration ---------------------------------------------------------------------------------------
 
-    def migrate(self, on_revision: RevisionCallback | None = None) -> list[str]:
+    def migrate(self, on_revision: RevisionCallback | None = None, lock_timeout: float | None = None) -> list[str]:
         """Bring the database to the code's head revision and return the revisions applied.
 
         A new database is built with ``create_all`` and stamped; an older one is upgraded revision by revision,
         each in its own transaction on PostgreSQL. Concurrent migrations of one database are serialised (an
-        advisory lock on PostgreSQL, one immediate transaction on SQLite). Never downgrades.
+        advisory lock on PostgreSQL, one immediate transaction on SQLite). Never downgrades. ``lock_timeout``
+        (seconds, PostgreSQL) gives up waiting for another process's migration; by default it waits.
         """
         session_module.check_connection(self.profile)
-        return self._migrate_database_version(on_revision)
+        return self._migrate_database_version(on_revision, lock_timeout)
 
-    def _migrate_database_version(self, on_revision: RevisionCallback | None = None) -> list[str]:
+    def _migrate_database_version(
+        self, on_revision: RevisionCallback | None = None, lock_timeout: float | None = None
+    ) -> list[str]:
         engine = session_module.get_engine(self.profile)
         applied: list[str] = []
 
@@ -231,14 +234,29 @@ class SqlaBackendManager:
                     self._migrate_locked(connection, record)
         else:
             with engine.connect() as connection:
-                # Session-level lock: held across the per-revision transactions; a second process waits here.
-                connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")
-                connection.commit()
+                self._take_migration_lock(connection, lock_timeout)
                 try:
                     self._migrate_locked(connection, record)
                 finally:
                     self._release_migration_lock(connection)
         return applied
+
+    def _take_migration_lock(self, connection: Connection, lock_timeout: float | None) -> None:
+        """Session-level advisory lock, held across the per-revision transactions; a second process waits here."""
+        if lock_timeout is not None:
+            connection.exec_driver_sql(f"SET lock_timeout = {max(1, round(lock_timeout * 1000))}")
+        try:
+            connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")
+        except exc.OperationalError as error:
+            raise DatabaseMigrationError(
+                f"Profile {self.profile.name!r}: another process is migrating this database and did not finish "
+                f"within {lock_timeout} s; wait for it, then run the migration again."
+            ) from error
+        finally:
+            connection.rollback()
+            if lock_timeout is not None:
+                connection.exec_driver_sql("RESET lock_timeout")
+        connection.commit()
 
     @staticmethod
     def _release_migration_lock(connection: Connection) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -108,6 +109,23 @@ def _install_fork_guard(engine: Engine, pre_ping: bool) -> None:
             _ping(engine, dbapi_connection)
 
 
+def _switch_to_wal(cursor: Any) -> None:
+    """Put the database file in WAL mode unless it is already, without waiting for other processes.
+
+    The switch needs an exclusive lock; two processes opening a new file at once would each hold a lock the other
+    waits for until the busy timeout. Failing fast is safe: WAL is a property of the file, so when another process
+    is switching it this connection finds it in WAL mode at its next transaction.
+    """
+    if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+        return
+    cursor.execute("PRAGMA busy_timeout=0")
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError as error:
+        if "locked" not in str(error) and "busy" not in str(error):
+            raise
+
+
 def _configure_sqlite(engine: Engine) -> None:
     """Foreign keys, WAL, a busy timeout, and transactions that begin (deferred) when SQLAlchemy says so."""
 
@@ -117,8 +135,8 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute("PRAGMA foreign_keys=ON")
+            _switch_to_wal(cursor)
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
         finally:
             cursor.close()

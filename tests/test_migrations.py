@@ -217,6 +217,23 @@ def test_concurrent_migrations_run_each_revision_once(empty_backend: SqlaBackend
     empty_backend.backend_manager.validate_schema()
 
 
+def test_migration_lock_timeout(empty_backend: SqlaBackend, dialect: str) -> None:
+    """PostgreSQL: with a lock timeout, a migration gives up clearly while another process holds the lock."""
+    if dialect != "postgresql":
+        pytest.skip("SQLite migrations wait on the database lock (busy timeout) instead")
+    holder = empty_backend.engine.connect()
+    holder.exec_driver_sql(f"SELECT pg_advisory_lock({manager_module.MIGRATION_LOCK_KEY})")
+    try:
+        with pytest.raises(DatabaseMigrationError, match="another process is migrating"):
+            empty_backend.backend_manager.migrate(lock_timeout=0.3)
+        assert revision(empty_backend) is None
+    finally:
+        holder.exec_driver_sql(f"SELECT pg_advisory_unlock({manager_module.MIGRATION_LOCK_KEY})")
+        holder.close()
+    assert empty_backend.backend_manager.migrate(lock_timeout=5) == [HEAD]
+    assert revision(empty_backend) == HEAD
+
+
 FAILING_REVISION = '''
 """A revision that fails half-way.
 
