@@ -456,16 +456,19 @@ def test_concurrent_transactions_are_serialised(dialect: str, installed: Engine,
 
         thread = threading.Thread(target=run_second)
         thread.start()
-        time.sleep(0.5)
-        assert not blocked.is_set(), "the second transaction must wait for the first one's closure lock"
-        with installed.connect() as observer:
-            waiting = observer.execute(
-                text(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-                )
-            ).scalar_one()
-        assert waiting == 1
+        deadline = time.monotonic() + 20  # poll: a loaded machine may take a while to reach the lock
+        waiting = 0
+        while waiting == 0 and time.monotonic() < deadline and thread.is_alive():
+            time.sleep(0.05)
+            with installed.connect() as observer:
+                waiting = observer.execute(
+                    text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                    )
+                ).scalar_one()
+        assert waiting == 1, "the second transaction must wait for the first one's closure lock"
+        assert not blocked.is_set()
         first.commit()
         thread.join(30)
         assert not thread.is_alive()
