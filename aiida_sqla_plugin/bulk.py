@@ -45,6 +45,7 @@ from .models import (
     DbNode,
     DbUser,
     UTCDateTime,
+    table_of,
 )
 from .progress import ProgressCallback, report
 from .session import SQLITE_BEGIN_OPTION
@@ -117,7 +118,7 @@ def _kind(column_type: Any) -> str:
 
 @functools.cache
 def _plan(model: type[Base]) -> _Plan:
-    table: Table = model.__table__  # type: ignore[assignment]
+    table = table_of(model)
     (pk,) = table.primary_key.columns
     fields: list[_Field] = []
     positions: dict[str, int] = {}
@@ -134,9 +135,9 @@ def _plan(model: type[Base]) -> _Plan:
                 column_name=column.name,
                 kind=_kind(column.type),
                 nullable=bool(column.nullable),
-                default=default.arg if default is not None and default.is_callable else None,  # type: ignore[attr-defined]
+                default=default.arg if default is not None and default.is_callable else None,
                 max_length=getattr(column.type, "length", None),
-                references=foreign.column.table if foreign is not None else None,  # type: ignore[assignment]
+                references=foreign.column.table if foreign is not None else None,
                 column_type=column.type,
             )
         )
@@ -283,7 +284,7 @@ def _prepare(
     defaults = [field.default for field in fields]
     positions = plan.positions
     width = len(fields)
-    foreign = {position: [] for position, field in enumerate(fields) if field.references is not None}
+    foreign: dict[int, list[Any]] = {position: [] for position, field in enumerate(fields) if field.references is not None}
     foreign_items = list(foreign.items())
     prepared: list[Any] = []
     append = prepared.append

@@ -22,13 +22,13 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Table, column, delete, func, insert, select, table
+from sqlalchemy import column, delete, func, insert, select, table
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from .exceptions import NotExistent, ValidationError
-from .models import DbLink, DbPath, DbSetting, dialect_insert, utc_now
+from .models import DbLink, DbPath, DbSetting, dialect_insert, table_of, utc_now
 from .progress import ProgressCallback, report
 from .sql import string_select
 
@@ -114,14 +114,14 @@ def _quote(name: object, what: str) -> str:
 
 
 def _names(links: str, source: str, target: str, closure: str, parent: str, child: str) -> _Names:
-    quoted = [
+    quoted = (
         _quote(links, "links_table_name"),
         _quote(source, "links_table_input_field"),
         _quote(target, "links_table_output_field"),
         _quote(closure, "closure_table_name"),
         _quote(parent, "closure_table_parent_field"),
         _quote(child, "closure_table_child_field"),
-    ]
+    )
     prefix = f"tc_{links}_{closure}"
     if len(prefix) + len("_after_insert") > _PG_MAX_IDENTIFIER:
         raise ValidationError(f"table names {links!r} and {closure!r} are too long for the trigger names")
@@ -411,7 +411,7 @@ def _backfill(connection: Connection, dialect: str, link_types: tuple[str, ...],
             temporary("tc_closure", "src bigint NOT NULL, dst bigint NOT NULL, n bigint NOT NULL", on_commit),
         ],
     )
-    links: Table = DbLink.__table__  # type: ignore[assignment]
+    links = table_of(DbLink)
     edge = table("tc_edge", column("src"), column("dst"), column("n"))
     connection.execute(
         insert(edge).from_select(
@@ -488,7 +488,7 @@ def _node_on_cycle(connection: Connection) -> int:
 
 def _copy_into_closure(connection: Connection, dialect: str) -> int:
     """Copy the computed pairs into ``db_dbpath`` (rebuilding its indexes afterwards on PostgreSQL)."""
-    paths: Table = DbPath.__table__  # type: ignore[assignment]
+    paths = table_of(DbPath)
     copy = "INSERT INTO db_dbpath (parent_id, child_id, path_count) SELECT src, dst, n FROM tc_closure ORDER BY src, dst"
     if dialect != "postgresql":
         return int(connection.exec_driver_sql(copy).rowcount or 0)
@@ -527,7 +527,7 @@ def install_tc(session: Session, link_types: Iterable[str] = DEFAULT_LINK_TYPES,
         # Table locks first (the DDL waits for writers in flight, which may need the closure lock), then the lock.
         _execute_script(connection, statements)
         _lock(connection, dialect, names)
-        connection.execute(delete(DbPath.__table__))
+        connection.execute(delete(table_of(DbPath)))
         _backfill(connection, dialect, types, progress)
         upsert = dialect_insert(dialect, DbSetting).values(
             key=CLOSURE_SETTING_KEY,
@@ -558,8 +558,9 @@ def uninstall_tc(session: Session) -> None:
         connection = session.connection()
         _execute_script(connection, _pg_drop_statements(names) if dialect == "postgresql" else _sqlite_drop_statements(names))
         _lock(connection, dialect, names)
-        connection.execute(delete(DbPath.__table__))
-        connection.execute(delete(DbSetting.__table__).where(DbSetting.__table__.c.key == CLOSURE_SETTING_KEY))
+        connection.execute(delete(table_of(DbPath)))
+        settings = table_of(DbSetting)
+        connection.execute(delete(settings).where(settings.c.key == CLOSURE_SETTING_KEY))
         session.commit()
     except BaseException:
         session.rollback()

@@ -21,7 +21,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from .closure import installed_link_types
 from .exceptions import AiidaSqlaError, ValidationError
-from .models import DbGroup, DbGroupNode, DbLink, DbNode, DbPath
+from .models import DbGroup, DbGroupNode, DbLink, DbNode, DbPath, table_of
 from .progress import ProgressCallback, report
 from .session import SQLITE_BEGIN_OPTION
 from .sql import id_select
@@ -136,12 +136,12 @@ def _existing(
 def _delete_rows(connection: Connection, pks: set[int]) -> None:
     """Delete the nodes ``pks``, their links in both directions and group memberships (comments, logs cascade)."""
     dialect = _dialect(connection)
-    link = DbLink.__table__
+    link = table_of(DbLink)
     connection.execute(delete(link).where(link.c.input_id.in_(id_select(dialect, pks))))
     connection.execute(delete(link).where(link.c.output_id.in_(id_select(dialect, pks))))
-    membership = DbGroupNode.__table__
+    membership = table_of(DbGroupNode)
     connection.execute(delete(membership).where(membership.c.dbnode_id.in_(id_select(dialect, pks))))
-    node = DbNode.__table__
+    node = table_of(DbNode)
     connection.execute(delete(node).where(node.c.id.in_(id_select(dialect, pks))))
 
 
@@ -184,7 +184,7 @@ def _traverse(
     frontier = set(start)
     report(progress, "traverse", len(visited), None)
     while frontier:
-        parts: list[Select[tuple[int]]] = []
+        parts: list[Select[int]] = []
         if forward:
             parts.append(
                 select(DbLink.output_id.label("id")).where(

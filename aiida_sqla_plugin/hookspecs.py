@@ -31,7 +31,7 @@ def aiida_get_backend(profile: ProfileLike) -> SqlaBackend | Any:
 
 
 @hookspec(firstresult=True)
-def aiida_get_session_factory(profile: ProfileLike) -> scoped_session[Session]:
+def aiida_get_session_factory(profile: ProfileLike) -> scoped_session[Session] | Any:
     """Return the ``scoped_session`` registry of ``profile``'s database."""
 
 

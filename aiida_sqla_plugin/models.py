@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 import uuid as uuid_module
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -49,6 +49,7 @@ __all__ = (
     "ENTITIES",
     "JsonType",
     "dialect_insert",
+    "table_of",
     "utc_now",
 )
 
@@ -61,9 +62,18 @@ NAMING_CONVENTION = {
 }
 
 
+def table_of(entity: type[Base]) -> Table:
+    """The :class:`Table` of a mapped class.
+
+    ``__table__`` is typed as a ``FromClause`` (a mapping may target any selectable), but every model here maps
+    one plain table, which is what ``insert()``, ``delete()`` and ``.c`` lookups want.
+    """
+    return cast(Table, entity.__table__)
+
+
 def dialect_insert(dialect_name: str, entity: type[Base] | Table) -> postgresql.Insert | sqlite.Insert:
     """An INSERT with ``ON CONFLICT`` support for the dialect (PostgreSQL or SQLite)."""
-    table = entity if isinstance(entity, Table) else entity.__table__
+    table = entity if isinstance(entity, Table) else table_of(entity)
     return (postgresql.insert if dialect_name == "postgresql" else sqlite.insert)(table)
 
 
@@ -120,7 +130,7 @@ class Base(DeclarativeBase):
         for prop in inspect(type(self)).column_attrs:
             default = prop.columns[0].default
             if prop.key not in kwargs and default is not None and default.is_callable:
-                kwargs[prop.key] = default.arg(None)  # type: ignore[union-attr]
+                kwargs[prop.key] = default.arg(None)
         for key, value in kwargs.items():
             if not hasattr(type(self), key):
                 raise TypeError(f"{key!r} is not an attribute of {type(self).__name__}")
@@ -313,5 +323,5 @@ class DbPath(Base):
 
 #: Mapped classes by table name.
 ENTITIES: dict[str, type[Base]] = {
-    mapper.class_.__tablename__: mapper.class_ for mapper in Base.registry.mappers  # type: ignore[misc]
+    mapper.class_.__tablename__: mapper.class_ for mapper in Base.registry.mappers
 }

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 
 from . import session as session_module
 from .exceptions import NotExistent, ValidationError
-from .models import DbSetting, dialect_insert, utc_now
+from .models import DbSetting, dialect_insert, table_of, utc_now
 from .profile import ProfileLike
 
 __all__ = ("Setting", "SqlaSettingsManager", "json_text", "validate_setting_key", "validate_json_value")
@@ -148,6 +148,7 @@ class SqlaSettingsManager:
         validate_setting_key(key)
         self.validate_table_existence()
         with self.engine.begin() as connection:
-            result = connection.execute(delete(DbSetting.__table__).where(DbSetting.__table__.c.key == key))
+            table = table_of(DbSetting)
+            result = connection.execute(delete(table).where(table.c.key == key))
         if result.rowcount == 0:
             raise NotExistent(f"no setting with key {key!r}")

@@ -10,7 +10,7 @@ from sqlalchemy.sql import Select
 __all__ = ("id_select", "string_select")
 
 
-def id_select(dialect_name: str, ids: Iterable[int]) -> Select[tuple[int]]:
+def id_select(dialect_name: str, ids: Iterable[int]) -> Select[int]:
     """``SELECT id FROM <the given ids>`` with one bound parameter, whatever the number of ids.
 
     PostgreSQL gets one array (``unnest``), SQLite one JSON text (``json_each``), so no statement ever hits
@@ -25,7 +25,7 @@ def id_select(dialect_name: str, ids: Iterable[int]) -> Select[tuple[int]]:
     return select(rows.c.value.label("id"))
 
 
-def string_select(dialect_name: str, values: Iterable[str]) -> Select[tuple[str]]:
+def string_select(dialect_name: str, values: Iterable[str]) -> Select[str]:
     """``SELECT value FROM <the given strings>`` with one bound parameter (see :func:`id_select`)."""
     items = sorted(set(values))
     if dialect_name == "postgresql":

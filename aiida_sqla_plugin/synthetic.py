@@ -246,8 +246,11 @@ def _offset_progress(progress: ProgressCallback | None, offset: int, total: int)
     if progress is None:
         return None
 
-    def report_overall(description: str, done: int, _chunk_total: int | None) -> None:
-        progress(description, offset + done, total)
+    overall = total
+
+    def report_overall(description: str, done: int, total: int | None) -> None:
+        # ``total`` is the chunk's own: the overall one is reported instead.
+        progress(description, offset + done, overall)
 
     return report_overall
 
