@@ -23,11 +23,16 @@ SUPPORTED_DIALECTS = ("sqlite", "postgresql")
 
 
 class ProfileLike(Protocol):
-    """What the backend needs of a host's profile object."""
+    """What the backend needs of a host's profile object (read-only attributes suffice)."""
 
-    name: str
-    storage_backend: str
-    storage_config: Mapping[str, Any]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def storage_backend(self) -> str: ...
+
+    @property
+    def storage_config(self) -> Mapping[str, Any]: ...
 
 
 @dataclass(frozen=True)
