@@ -4,9 +4,12 @@ from __future__ import annotations
 __all__ = (
     "AiidaSqlaError",
     "ConfigurationError",
+    "CorruptStorage",
     "DatabaseMigrationError",
     "IncompatibleDatabaseSchema",
     "NotExistent",
+    "SchemaAhead",
+    "SchemaBehind",
     "UnreachableStorage",
     "ValidationError",
 )
@@ -38,3 +41,15 @@ class IncompatibleDatabaseSchema(AiidaSqlaError):
 
 class DatabaseMigrationError(AiidaSqlaError):
     """A migration could not be carried out; the database was left unchanged."""
+
+
+class SchemaBehind(IncompatibleDatabaseSchema):
+    """The database was never initialised, or its schema is older than the code: a migration is needed."""
+
+
+class SchemaAhead(IncompatibleDatabaseSchema):
+    """The database schema is newer than this code: upgrade the package."""
+
+
+class CorruptStorage(IncompatibleDatabaseSchema):
+    """The database cannot be read as a storage of this plugin (not a database, foreign tables, wrong generation)."""

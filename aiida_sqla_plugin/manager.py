@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import importlib.resources
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from alembic import command
@@ -12,16 +14,32 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext, MigrationInfo
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import exc, inspect
+from sqlalchemy import exc, inspect, select
 from sqlalchemy.engine import Connection
 
 from . import session as session_module
-from .exceptions import DatabaseMigrationError, IncompatibleDatabaseSchema, NotExistent, ValidationError
+from .exceptions import (
+    CorruptStorage,
+    DatabaseMigrationError,
+    IncompatibleDatabaseSchema,
+    NotExistent,
+    SchemaAhead,
+    SchemaBehind,
+    UnreachableStorage,
+    ValidationError,
+)
 from .models import Base, DbSetting, dialect_insert, utc_now
-from .profile import ProfileLike
+from .profile import ProfileLike, database_url, describe_url, sqlite_file
 from .settings import Setting, SqlaSettingsManager
 
-__all__ = ("SCHEMA_GENERATION_CODE", "Setting", "SqlaBackendManager", "SqlaSettingsManager")
+__all__ = (
+    "SCHEMA_GENERATION_CODE",
+    "SchemaReport",
+    "SchemaState",
+    "Setting",
+    "SqlaBackendManager",
+    "SqlaSettingsManager",
+)
 
 #: Generation of the schema this code writes; bumped only when migrations are squashed.
 SCHEMA_GENERATION_CODE = "1"
@@ -34,6 +52,58 @@ SCHEMA_VERSION_RESET = {"1": "main_0002"}
 MIGRATION_LOCK_KEY = 0x41_69_69_44_41_53_51_4C  # "AiiDASQL"
 
 RevisionCallback = Callable[[str | None, str], None]
+
+
+class SchemaState(str, enum.Enum):
+    """Where a database stands with respect to the code's schema."""
+
+    COMPATIBLE = "compatible"
+    NOT_INITIALISED = "not_initialised"
+    BEHIND = "behind"
+    AHEAD = "ahead"
+    UNREACHABLE = "unreachable"
+    CORRUPT = "corrupt"
+
+
+@dataclass(frozen=True)
+class SchemaReport:
+    """The schema state of one profile's database, with the message and fix for anything but compatible."""
+
+    profile: str
+    location: str
+    state: SchemaState
+    code_revision: str
+    database_revision: str | None
+    code_generation: str
+    database_generation: str | None
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """Stable JSON-ready keys."""
+        return {
+            "profile": self.profile,
+            "location": self.location,
+            "state": self.state.value,
+            "code_revision": self.code_revision,
+            "database_revision": self.database_revision,
+            "code_generation": self.code_generation,
+            "database_generation": self.database_generation,
+            "message": self.message,
+        }
+
+    def error(self) -> IncompatibleDatabaseSchema | UnreachableStorage | None:
+        """The exception matching the state (None when compatible)."""
+        kind = _STATE_ERRORS.get(self.state)
+        return None if kind is None else kind(self.message)
+
+
+_STATE_ERRORS: dict[SchemaState, type[IncompatibleDatabaseSchema] | type[UnreachableStorage]] = {
+    SchemaState.NOT_INITIALISED: SchemaBehind,
+    SchemaState.BEHIND: SchemaBehind,
+    SchemaState.AHEAD: SchemaAhead,
+    SchemaState.UNREACHABLE: UnreachableStorage,
+    SchemaState.CORRUPT: CorruptStorage,
+}
 
 
 def migrations_directory() -> str:
@@ -168,33 +238,98 @@ class SqlaBackendManager:
     # -- validation --------------------------------------------------------------------------------------
 
     def validate_schema(self, profile: ProfileLike | None = None) -> None:
-        """Raise :class:`IncompatibleDatabaseSchema` with the fix unless the database matches this code."""
+        """Raise the error of :meth:`schema_report` (with the fix) unless the database matches this code.
+
+        :class:`SchemaBehind` (migrate), :class:`SchemaAhead` (upgrade the package), :class:`CorruptStorage`
+        (all three are :class:`IncompatibleDatabaseSchema`) or :class:`UnreachableStorage`.
+        """
         if profile is not None:
             self._profile = profile
-        name = self.profile.name
-        version_database = self.get_schema_version_database()
-        version_code = self.get_schema_version_code()
-        if version_database is None:
-            raise IncompatibleDatabaseSchema(
-                f"Profile {name!r}: the database is not initialised (code schema {version_code}); "
-                f"run 'aiida-sqla -p {name} storage migrate' or SqlaBackendManager.migrate()."
+        error = self.schema_report().error()
+        if error is not None:
+            raise error
+
+    def schema_report(self) -> SchemaReport:
+        """Inspect the database without changing it (a missing SQLite file is not created)."""
+        profile = self.profile
+        name = profile.name
+        location = describe_url(database_url(profile))
+        code_revision = self.get_schema_version_code()
+
+        def report(state: SchemaState, message: str, revision: str | None = None, generation: str | None = None) -> SchemaReport:
+            return SchemaReport(name, location, state, code_revision, revision, SCHEMA_GENERATION_CODE, generation, message)
+
+        migrate = f"run 'aiida-sqla -p {name} storage migrate' or SqlaBackendManager.migrate()"
+        path = sqlite_file(profile)
+        if path is not None and not path.exists():
+            if not path.parent.is_dir():
+                return report(
+                    SchemaState.UNREACHABLE,
+                    f"Profile {name!r}: cannot reach the {location} (directory {path.parent} does not exist); "
+                    "create the directory or fix the profile's URL",
+                )
+            return report(SchemaState.NOT_INITIALISED, f"Profile {name!r}: the database is not initialised; {migrate}")
+        try:
+            session_module.check_connection(profile)
+        except UnreachableStorage as error:
+            return report(SchemaState.UNREACHABLE, str(error))
+        except exc.DatabaseError:
+            pass  # not a database at all: reported as corrupt below
+        try:
+            with session_module.get_engine(profile).connect() as connection:
+                revision = self._database_revision(connection)
+                tables = set(inspect(connection).get_table_names())
+                generation = self._database_generation(connection, tables)
+        except exc.DatabaseError as error:
+            reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+            return report(
+                SchemaState.CORRUPT,
+                f"Profile {name!r}: the {location} cannot be read ({reason}); restore it from a backup or point the "
+                "profile at another database",
             )
-        if self.is_database_schema_ahead():
-            raise IncompatibleDatabaseSchema(
-                f"Profile {name!r}: the database schema {version_database} is ahead of this code ({version_code}); "
-                "upgrade aiida-sqla-plugin to a version that knows it (pip install -U aiida-sqla-plugin)."
+        if revision is None:
+            foreign = tables & set(Base.metadata.tables)
+            if foreign:
+                return report(
+                    SchemaState.CORRUPT,
+                    f"Profile {name!r}: the database has tables ({', '.join(sorted(foreign))}) but no schema revision; "
+                    "use an empty database, or stamp its revision with 'aiida-sqla alembic stamp REVISION'",
+                )
+            return report(SchemaState.NOT_INITIALISED, f"Profile {name!r}: the database is not initialised; {migrate}")
+        if revision not in self._known_revisions():
+            return report(
+                SchemaState.AHEAD,
+                f"Profile {name!r}: the database schema {revision} is ahead of this code ({code_revision}); "
+                "upgrade aiida-sqla-plugin (pip install -U aiida-sqla-plugin)",
+                revision,
+                generation,
             )
-        if version_database != version_code:
-            raise IncompatibleDatabaseSchema(
-                f"Profile {name!r}: the database schema {version_database} is behind the code ({version_code}); "
-                f"back up the database, then run 'aiida-sqla -p {name} storage migrate'."
+        if revision != code_revision:
+            return report(
+                SchemaState.BEHIND,
+                f"Profile {name!r}: the database schema {revision} is behind the code ({code_revision}); "
+                f"back up the database, then {migrate}",
+                revision,
+                generation,
             )
-        generation = self.get_schema_generation_database()
         if generation != SCHEMA_GENERATION_CODE:
-            raise IncompatibleDatabaseSchema(
+            return report(
+                SchemaState.CORRUPT,
                 f"Profile {name!r}: database schema generation {generation} does not match the code's "
-                f"({SCHEMA_GENERATION_CODE}); use the aiida-sqla-plugin release that wrote this database."
+                f"({SCHEMA_GENERATION_CODE}); use the aiida-sqla-plugin release that wrote this database",
+                revision,
+                generation,
             )
+        return report(
+            SchemaState.COMPATIBLE, f"Profile {name!r}: the database schema {revision} matches the code", revision, generation
+        )
+
+    @staticmethod
+    def _database_generation(connection: Connection, tables: set[str]) -> str | None:
+        if DbSetting.__tablename__ not in tables:
+            return None
+        value = connection.execute(select(DbSetting.val).where(DbSetting.key == SCHEMA_GENERATION_KEY)).scalar_one_or_none()
+        return "1" if value is None else str(value)
 
     # -- migration ---------------------------------------------------------------------------------------
 

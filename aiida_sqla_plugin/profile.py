@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy.engine import URL, make_url
@@ -10,7 +11,7 @@ from sqlalchemy.exc import ArgumentError
 
 from .exceptions import ConfigurationError
 
-__all__ = ("Profile", "ProfileLike", "database_url", "engine_kwargs", "describe_url")
+__all__ = ("Profile", "ProfileLike", "database_url", "describe_url", "engine_kwargs", "sqlite_file")
 
 #: AiiDA's ``database_engine`` values mapped to SQLAlchemy driver names.
 ENGINE_DRIVERS: dict[str, str] = {
@@ -112,6 +113,14 @@ def engine_kwargs(profile: ProfileLike) -> dict[str, Any]:
     if not isinstance(extra, Mapping):
         raise ConfigurationError(f"Profile {profile.name!r}: engine_kwargs must be a mapping, got {type(extra).__name__}.")
     return dict(extra)
+
+
+def sqlite_file(profile: ProfileLike) -> Path | None:
+    """The SQLite file of a profile, or None for PostgreSQL and in-memory SQLite."""
+    url = database_url(profile)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
 
 
 def describe_url(url: URL) -> str:

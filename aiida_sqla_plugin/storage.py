@@ -5,31 +5,30 @@ print.
 """
 from __future__ import annotations
 
-import enum
 import io
 import os
-from dataclasses import dataclass
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from alembic import command
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import create_engine, func, inspect, select, text
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from . import session as session_module
 from .exceptions import (
     ConfigurationError,
-    IncompatibleDatabaseSchema,
+    CorruptStorage,
+    SchemaAhead,
+    SchemaBehind,
     UnreachableStorage,
     ValidationError,
 )
-from .manager import SCHEMA_GENERATION_CODE, SqlaBackendManager, new_alembic_config
+from .manager import SchemaReport, SchemaState, SqlaBackendManager, new_alembic_config
 from .models import Base, DbComment, DbComputer, DbGroup, DbLink, DbLog, DbNode, DbPath, DbSetting, DbUser
-from .profile import ProfileLike, database_url, describe_url
+from .profile import ProfileLike, database_url, describe_url, sqlite_file
 from .settings import Setting
 from .sql import id_select
 
@@ -66,156 +65,9 @@ COUNTED_ENTITIES: dict[str, type[Base]] = {
 KEPT_TABLES = frozenset({DbSetting.__tablename__, "alembic_version"})
 
 
-class SchemaBehind(IncompatibleDatabaseSchema):
-    """The database was never initialised, or its schema is older than the code: a migration is needed."""
-
-
-class SchemaAhead(IncompatibleDatabaseSchema):
-    """The database schema is newer than this code."""
-
-
-class CorruptStorage(IncompatibleDatabaseSchema):
-    """The database cannot be read as a storage of this plugin (not a database, foreign tables, wrong generation)."""
-
-
-class SchemaState(str, enum.Enum):
-    """Where a database stands with respect to the code's schema."""
-
-    COMPATIBLE = "compatible"
-    NOT_INITIALISED = "not_initialised"
-    BEHIND = "behind"
-    AHEAD = "ahead"
-    UNREACHABLE = "unreachable"
-    CORRUPT = "corrupt"
-
-
-@dataclass(frozen=True)
-class SchemaReport:
-    """The schema state of one profile's database, with the message and fix for anything but compatible."""
-
-    profile: str
-    location: str
-    state: SchemaState
-    code_revision: str
-    database_revision: str | None
-    code_generation: str
-    database_generation: str | None
-    message: str
-
-    def as_dict(self) -> dict[str, Any]:
-        """Stable JSON-ready keys."""
-        return {
-            "profile": self.profile,
-            "location": self.location,
-            "state": self.state.value,
-            "code_revision": self.code_revision,
-            "database_revision": self.database_revision,
-            "code_generation": self.code_generation,
-            "database_generation": self.database_generation,
-            "message": self.message,
-        }
-
-    def error(self) -> IncompatibleDatabaseSchema | UnreachableStorage | None:
-        """The exception matching the state (None when compatible)."""
-        kind = _STATE_ERRORS.get(self.state)
-        return None if kind is None else kind(self.message)
-
-
-_STATE_ERRORS: dict[SchemaState, type[IncompatibleDatabaseSchema] | type[UnreachableStorage]] = {
-    SchemaState.NOT_INITIALISED: SchemaBehind,
-    SchemaState.BEHIND: SchemaBehind,
-    SchemaState.AHEAD: SchemaAhead,
-    SchemaState.UNREACHABLE: UnreachableStorage,
-    SchemaState.CORRUPT: CorruptStorage,
-}
-
-
-def _sqlite_path(profile: ProfileLike) -> Path | None:
-    url = database_url(profile)
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return None
-    return Path(url.database)
-
-
 def schema_report(profile: ProfileLike, manager: SqlaBackendManager | None = None) -> SchemaReport:
-    """Inspect the profile's database without changing it (a missing SQLite file is not created)."""
-    manager = manager or SqlaBackendManager(profile)
-    name = profile.name
-    location = describe_url(database_url(profile))
-    code_revision = manager.get_schema_version_code()
-
-    def report(state: SchemaState, message: str, revision: str | None = None, generation: str | None = None) -> SchemaReport:
-        return SchemaReport(name, location, state, code_revision, revision, SCHEMA_GENERATION_CODE, generation, message)
-
-    migrate = f"run 'aiida-sqla -p {name} storage migrate'"
-    path = _sqlite_path(profile)
-    if path is not None and not path.exists():
-        if not path.parent.is_dir():
-            return report(
-                SchemaState.UNREACHABLE,
-                f"Profile {name!r}: cannot reach the {location} (directory {path.parent} does not exist); "
-                "create the directory or fix the profile's URL",
-            )
-        return report(SchemaState.NOT_INITIALISED, f"Profile {name!r}: the database is not initialised; {migrate}")
-    try:
-        session_module.check_connection(profile)
-    except UnreachableStorage as error:
-        return report(SchemaState.UNREACHABLE, str(error))
-    except sa_exc.DatabaseError:
-        pass  # not a database at all: reported as corrupt below
-    try:
-        with session_module.get_engine(profile).connect() as connection:
-            revision = manager._database_revision(connection)  # noqa: SLF001 - same package
-            tables = set(inspect(connection).get_table_names())
-            generation = _database_generation(connection, tables)
-    except sa_exc.DatabaseError as error:
-        reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
-        return report(
-            SchemaState.CORRUPT,
-            f"Profile {name!r}: the {location} cannot be read ({reason}); restore it from a backup or point the "
-            "profile at another database",
-        )
-    if revision is None:
-        foreign = tables & set(Base.metadata.tables)
-        if foreign:
-            return report(
-                SchemaState.CORRUPT,
-                f"Profile {name!r}: the database has tables ({', '.join(sorted(foreign))}) but no schema revision; "
-                "use an empty database, or stamp its revision with 'aiida-sqla alembic stamp REVISION'",
-            )
-        return report(SchemaState.NOT_INITIALISED, f"Profile {name!r}: the database is not initialised; {migrate}")
-    if revision not in manager._known_revisions():  # noqa: SLF001 - same package
-        return report(
-            SchemaState.AHEAD,
-            f"Profile {name!r}: the database schema {revision} is ahead of this code ({code_revision}); "
-            "upgrade aiida-sqla-plugin (pip install -U aiida-sqla-plugin)",
-            revision,
-            generation,
-        )
-    if revision != code_revision:
-        return report(
-            SchemaState.BEHIND,
-            f"Profile {name!r}: the database schema {revision} is behind the code ({code_revision}); "
-            f"back up the database, then {migrate}",
-            revision,
-            generation,
-        )
-    if generation != SCHEMA_GENERATION_CODE:
-        return report(
-            SchemaState.CORRUPT,
-            f"Profile {name!r}: database schema generation {generation} does not match the code's "
-            f"({SCHEMA_GENERATION_CODE}); use the aiida-sqla-plugin release that wrote this database",
-            revision,
-            generation,
-        )
-    return report(SchemaState.COMPATIBLE, f"Profile {name!r}: the database schema {revision} matches the code", revision, generation)
-
-
-def _database_generation(connection: Connection, tables: set[str]) -> str | None:
-    if DbSetting.__tablename__ not in tables:
-        return None
-    value = connection.execute(select(DbSetting.val).where(DbSetting.key == "schema_generation")).scalar_one_or_none()
-    return "1" if value is None else str(value)
+    """Inspect the profile's database without changing it (see :meth:`SqlaBackendManager.schema_report`)."""
+    return (manager or SqlaBackendManager(profile)).schema_report()
 
 
 def pending_revisions(database_revision: str | None) -> list[str]:
@@ -325,7 +177,7 @@ def drop_database(profile: ProfileLike) -> str:
     location = describe_url(url)
     session_module.dispose_engines()
     if url.get_backend_name() == "sqlite":
-        path = _sqlite_path(profile)
+        path = sqlite_file(profile)
         if path is None:
             raise ConfigurationError(f"Profile {profile.name!r}: an in-memory database cannot be dropped")
         for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
