@@ -168,8 +168,12 @@ def _pg_ends(n: _Names, source: str, target: str) -> tuple[str, str]:
 def _pg_statements(n: _Names, link_types: tuple[str, ...]) -> list[str]:
     covered = ", ".join(_pg_literal(value) for value in link_types)
     ancestors, descendants = _pg_ends(n, "$1", "$2")
-    add = f"""CREATE OR REPLACE FUNCTION {n.obj("add")}(bigint, bigint, bigint) RETURNS void LANGUAGE plpgsql AS $tc$
+    add = f"""CREATE OR REPLACE FUNCTION {n.obj("add")}(bigint, bigint, bigint) RETURNS void LANGUAGE plpgsql
+SET plan_cache_mode = force_custom_plan SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
+AS $tc$
 -- Add $3 parallel links $1 -> $2 to an exact closure (caller holds the closure lock).
+-- Planned per call (the closure grows within the transaction) and with index nested loops: the planner's
+-- estimates for one node's ancestors are far too high and a hash join would scan the whole closure per link.
 BEGIN
     IF $1 = $2 OR EXISTS (SELECT 1 FROM {n.closure} WHERE {n.parent} = $2 AND {n.child} = $1) THEN
         RAISE EXCEPTION '{CYCLE_MESSAGE}: a link from node % to node % would close a cycle', $1, $2
@@ -180,9 +184,12 @@ BEGIN
     ON CONFLICT ({n.parent}, {n.child}) DO UPDATE SET path_count = t.path_count + EXCLUDED.path_count;
 END
 $tc$;"""
-    remove = f"""CREATE OR REPLACE FUNCTION {n.obj("remove")}(bigint, bigint, bigint) RETURNS void LANGUAGE plpgsql AS $tc$
+    remove = f"""CREATE OR REPLACE FUNCTION {n.obj("remove")}(bigint, bigint, bigint) RETURNS void LANGUAGE plpgsql
+SET plan_cache_mode = force_custom_plan SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
+AS $tc$
 -- Remove $3 parallel links $1 -> $2 from an exact closure (caller holds the closure lock).
 -- The pairs read (x, $1) and ($2, y) are never among the pairs changed: that would need a cycle.
+-- Planned as the add function is, for the same reasons.
 BEGIN
     DELETE FROM {n.closure} AS t USING {ancestors} AS a, {descendants} AS d
     WHERE t.{n.parent} = a.node AND t.{n.child} = d.node AND t.path_count = $3 * a.paths * d.paths;

@@ -295,6 +295,14 @@ def graph_run(dialect: str, nodes: int, seed: int, repeat: int, orm_nodes: int) 
             "rows_per_second": _rate(nodes, copy_seconds),
             "store_to_copy_ratio": round(stored["nodes"] / copy_seconds, 2),
         }
+    with fresh_backend(dialect) as backend:
+        install_tc(backend.get_session())  # on the empty database: every link goes through the triggers
+        backend.close()
+        kept = build_graph(backend, nodes, seed=seed)
+        result["store_with_closure_installed"] = {
+            "links_seconds": _round(kept.store_seconds["links"]),
+            "links_per_second": _rate(kept.link_count, kept.store_seconds["links"]),
+        }
     result["chain_400"] = chain_run(dialect, 400, repeat)
     if orm_nodes:
         result["orm_baseline"] = orm_baseline(dialect, min(orm_nodes, nodes), seed)
