@@ -54,6 +54,8 @@ CLOSURE_SETTING_KEY = "closure_link_types"
 KNOWN_LINK_TYPES: frozenset[str] = frozenset({"create", "return", "input_calc", "input_work", "call_calc", "call_work"})
 #: Start of every cycle error, from the triggers and from the backfill.
 CYCLE_MESSAGE = "provenance links must be acyclic"
+#: PostgreSQL: a statement changing many (input, output) pairs analyses the closure after every so many of them.
+ANALYZE_EVERY_PAIRS = 2000
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _PG_MAX_IDENTIFIER = 63
@@ -169,11 +171,10 @@ def _pg_statements(n: _Names, link_types: tuple[str, ...]) -> list[str]:
     covered = ", ".join(_pg_literal(value) for value in link_types)
     ancestors, descendants = _pg_ends(n, "$1", "$2")
     add = f"""CREATE OR REPLACE FUNCTION {n.obj("add")}(bigint, bigint, bigint) RETURNS void LANGUAGE plpgsql
-SET plan_cache_mode = force_custom_plan SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
+SET plan_cache_mode = force_custom_plan SET jit = off
 AS $tc$
 -- Add $3 parallel links $1 -> $2 to an exact closure (caller holds the closure lock).
--- Planned per call (the closure grows within the transaction) and with index nested loops: the planner's
--- estimates for one node's ancestors are far too high and a hash join would scan the whole closure per link.
+-- Planned per call: a plan cached while the closure was small would scan it whole once it has grown.
 BEGIN
     IF $1 = $2 OR EXISTS (SELECT 1 FROM {n.closure} WHERE {n.parent} = $2 AND {n.child} = $1) THEN
         RAISE EXCEPTION '{CYCLE_MESSAGE}: a link from node % to node % would close a cycle', $1, $2
@@ -185,11 +186,11 @@ BEGIN
 END
 $tc$;"""
     remove = f"""CREATE OR REPLACE FUNCTION {n.obj("remove")}(bigint, bigint, bigint) RETURNS void LANGUAGE plpgsql
-SET plan_cache_mode = force_custom_plan SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
+SET plan_cache_mode = force_custom_plan SET jit = off
 AS $tc$
 -- Remove $3 parallel links $1 -> $2 from an exact closure (caller holds the closure lock).
 -- The pairs read (x, $1) and ($2, y) are never among the pairs changed: that would need a cycle.
--- Planned as the add function is, for the same reasons.
+-- Planned per call, as the add function.
 BEGIN
     DELETE FROM {n.closure} AS t USING {ancestors} AS a, {descendants} AS d
     WHERE t.{n.parent} = a.node AND t.{n.child} = d.node AND t.path_count = $3 * a.paths * d.paths;
@@ -209,6 +210,7 @@ $tc$;"""
         return f"""CREATE OR REPLACE FUNCTION {n.obj(suffix)}() RETURNS trigger LANGUAGE plpgsql AS $tc$
 DECLARE
     link record;
+    done bigint := 0;
 BEGIN
     IF NOT EXISTS ({check}) THEN
         RETURN NULL;
@@ -219,6 +221,12 @@ BEGIN
     END IF;
     {lock}{shortcut}
     FOR link IN {deltas} LOOP
+        -- A long statement refreshes the planner's statistics of the closure as it goes: a closure that grew
+        -- from (almost) nothing in this transaction has none, and the per-link plans would scan all of it.
+        IF done % {ANALYZE_EVERY_PAIRS} = {ANALYZE_EVERY_PAIRS} - 1 THEN
+            EXECUTE 'ANALYZE {n.closure}';
+        END IF;
+        done := done + 1;
         IF link.n > 0 THEN
             PERFORM {n.obj("add")}(link.src, link.dst, link.n);
         ELSE
