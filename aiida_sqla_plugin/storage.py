@@ -46,7 +46,6 @@ __all__ = (
     "migration_sql",
     "missing_nodes",
     "pending_revisions",
-    "require_compatible",
     "reset_storage",
     "schema_report",
 )
@@ -79,15 +78,6 @@ def pending_revisions(database_revision: str | None) -> list[str]:
     if database_revision == head:
         return []
     return [rev.revision for rev in reversed(list(script.iterate_revisions(head, database_revision)))]
-
-
-def require_compatible(profile: ProfileLike, manager: SqlaBackendManager | None = None) -> SchemaReport:
-    """Return the report if the database fits the code, else raise the matching error."""
-    report = schema_report(profile, manager)
-    error = report.error()
-    if error is not None:
-        raise error
-    return report
 
 
 def count_entities(engine: Engine) -> dict[str, int]:

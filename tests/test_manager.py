@@ -157,7 +157,7 @@ def test_nested_transactions_make_savepoints(backend: SqlaBackend) -> None:
 
 
 def test_transaction_error_in_the_outer_block_rolls_back_the_savepoints_too(backend: SqlaBackend) -> None:
-    with pytest.raises(KeyError), backend.transaction() as outer:
+    with pytest.raises(KeyError), backend.transaction():
         with backend.transaction() as inner:
             inner.add(DbUser(email="inner@x"))
         raise KeyError("outer fails")
