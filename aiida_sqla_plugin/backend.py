@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, scoped_session
 
 from . import session as session_module
+from .bulk import bulk_insert
 from .manager import SqlaBackendManager
 from .models import Base
 from .progress import ProgressCallback
@@ -17,9 +18,6 @@ from .queries import SqlaQueryManager
 from .settings import SqlaSettingsManager
 
 __all__ = ("SqlaBackend", "get_backend")
-
-#: Key in ``Session.info`` counting the :meth:`SqlaBackend.transaction` blocks open on that session.
-_TRANSACTION_DEPTH = "aiida_sqla_transaction_depth"
 
 
 class SqlaBackend:
@@ -57,38 +55,24 @@ class SqlaBackend:
     def query_manager(self) -> SqlaQueryManager:
         return SqlaQueryManager(self)
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Session]:
-        """Commit the block's work on success, roll it back on error; nested blocks make savepoints.
+    def transaction(self, write: bool = False) -> contextlib.AbstractContextManager[Session]:
+        """A block in the caller's transaction if there is one (then a savepoint), else one that commits.
 
         The outermost block commits, also when the session had already begun a transaction on its own (by
-        loading an object); an error then rolls back only the block's work, in a savepoint.
+        loading an object); an error then rolls back only the block's work. ``write=True`` begins a new SQLite
+        transaction ``IMMEDIATE``, so that it cannot meet another process's commit between its reads and its
+        writes. See :func:`aiida_sqla_plugin.session.transaction`.
         """
-        session = self.get_session()
-        depth = session.info.get(_TRANSACTION_DEPTH, 0)
-        session.info[_TRANSACTION_DEPTH] = depth + 1
-        try:
-            if depth == 0 and not session.in_transaction():
-                with session.begin():
-                    yield session
-            else:
-                with session.begin_nested():
-                    yield session
-                if depth == 0:
-                    session.commit()
-        finally:
-            session.info[_TRANSACTION_DEPTH] = depth
+        return session_module.transaction(self.get_session(), write=write)
 
     def bulk_insert(
         self, entity: type[Base] | str, rows: Iterable[Mapping[str, Any]], progress: ProgressCallback | None = None
     ) -> list[int]:
-        """Store plain-dict ``rows`` of ``entity`` (a model class or table name) in one transaction.
+        """Store plain-dict ``rows`` of ``entity`` (a model class or table name) in the session's transaction.
 
         Defaults are filled and required fields checked; returns the new primary keys in input order. Any invalid
-        row raises an error and nothing of the call is stored.
+        row raises an error and nothing of the call is stored. See :func:`aiida_sqla_plugin.bulk.bulk_insert`.
         """
-        from .bulk import bulk_insert  # noqa: PLC0415 - bulk imports this module
-
         return bulk_insert(self, entity, rows, progress=progress)
 
     def close(self) -> None:

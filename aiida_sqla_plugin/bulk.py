@@ -2,21 +2,20 @@
 
 :func:`bulk_insert` checks every row in Python (known fields, required fields, types, lengths, JSON, aware
 times), fills the models' own column defaults, checks foreign keys with one set-based query per foreign-key
-column, then writes in one transaction of its own connection (``engine.begin()``):
+column, then writes through the backend session's connection, under the one transaction rule
+(:func:`aiida_sqla_plugin.session.transaction`): inside the caller's transaction (a ``backend.transaction()``
+block, or one begun with ``session.begin()``) it works in a savepoint and the caller commits; otherwise it commits
+by itself. Its rows are visible to the session right after it returns, and several calls in one block make one
+atomic import. The session's pending ORM objects are flushed first, so rows may refer to them.
 
 * PostgreSQL: ids are reserved with ``nextval`` over ``generate_series`` and the rows are streamed with
-  ``COPY ... FROM STDIN`` (text format) through psycopg2's ``copy_expert``; a call that grows the table by 10%
-  or more (and at least :data:`ANALYZE_MIN_ROWS` rows) then runs ``ANALYZE`` on it, so that queries right
-  after a large load get good plans;
-* SQLite: the transaction begins ``IMMEDIATE`` (it holds the write lock), ids follow ``max(id)`` and the rows
-  go through the driver's ``executemany``.
+  ``COPY ... FROM STDIN`` (text format) through psycopg2's ``copy_expert`` on the session connection's cursor;
+  a call that grows the table by 10% or more (and at least :data:`ANALYZE_MIN_ROWS` rows) then runs
+  ``ANALYZE`` on it, so that queries right after a large load get good plans;
+* SQLite: a transaction of its own begins ``IMMEDIATE`` (it holds the write lock), ids follow ``max(id)`` and
+  the rows go through the driver's ``executemany``.
 
-It uses a connection of its own, not the backend's session: rows added to the session but not yet committed
-are invisible to it (a foreign key to them fails validation), so commit them first. On SQLite, also end the
-session's transaction before and after the call: a session holding writes holds the write lock (the call would
-wait for it), and a session whose read transaction began before the call keeps its old snapshot and cannot
-write any more. Any invalid row raises :class:`~aiida_sqla_plugin.exceptions.ValidationError` and nothing of
-the call is stored.
+Any invalid row raises :class:`~aiida_sqla_plugin.exceptions.ValidationError` and nothing of the call is stored.
 """
 from __future__ import annotations
 
@@ -32,7 +31,7 @@ from sqlalchemy import JSON, Boolean, Integer, String, Table, exists, func, sele
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Dialect
 
-from .exceptions import ValidationError
+from .exceptions import ValidationError, error_line
 from .models import (
     Base,
     DbAuthInfo,
@@ -48,7 +47,7 @@ from .models import (
     table_of,
 )
 from .progress import ProgressCallback, report
-from .session import SQLITE_BEGIN_OPTION
+from .session import transaction
 from .sql import id_select
 
 if TYPE_CHECKING:
@@ -433,33 +432,27 @@ def bulk_insert(
     rows = rows if isinstance(rows, Sequence) else list(rows)
     if not rows:
         return []
-    engine = backend.engine
-    dialect = engine.dialect
+    session = backend.get_session()
+    dialect = session.get_bind().dialect
     is_postgresql = dialect.name == "postgresql"
     description = f"store {plan.table.name}"
     total = len(rows)
     report(progress, description, 0, total)
     prepared, foreign = _prepare(plan, rows, dialect, for_copy=is_postgresql)
     try:
-        with engine.connect() as connection:
-            if not is_postgresql:
-                connection.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
-            with connection.begin():
-                _check_foreign_keys(connection, plan, foreign)
-                if is_postgresql:
-                    return _store_postgresql(connection, plan, prepared, progress, description)
-                return _store_sqlite(connection, plan, prepared, progress, description)
+        with transaction(session, write=True):
+            session.flush()  # the caller's pending objects may be the targets of foreign keys
+            connection = session.connection()
+            _check_foreign_keys(connection, plan, foreign)
+            if is_postgresql:
+                return _store_postgresql(connection, plan, prepared, progress, description)
+            return _store_sqlite(connection, plan, prepared, progress, description)
     except (sa_exc.IntegrityError, sa_exc.DataError) as error:
-        raise ValidationError(f"{plan.table.name}: the database refused the rows: {_first_line(error.orig)}") from error
+        raise ValidationError(f"{plan.table.name}: the database refused the rows: {error_line(error)}") from error
     except Exception as error:
         if _is_driver_data_error(error):
-            raise ValidationError(f"{plan.table.name}: the database refused the rows: {_first_line(error)}") from error
+            raise ValidationError(f"{plan.table.name}: the database refused the rows: {error_line(error)}") from error
         raise
-
-
-def _first_line(error: BaseException | None) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def _is_driver_data_error(error: BaseException) -> bool:

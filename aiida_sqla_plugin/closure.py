@@ -27,9 +27,10 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from .exceptions import NotExistent, ValidationError
+from .exceptions import NotExistent, ValidationError, error_line
 from .models import DbLink, DbPath, DbSetting, dialect_insert, table_of, utc_now
 from .progress import ProgressCallback, report
+from .session import transaction
 from .sql import string_select
 
 __all__ = (
@@ -411,9 +412,10 @@ def _backfill(connection: Connection, dialect: str, link_types: tuple[str, ...],
     """
     temporary = "CREATE TEMPORARY TABLE {} ({}){}".format
     on_commit = " ON COMMIT DROP" if dialect == "postgresql" else ""
-    if dialect == "sqlite":
-        _execute_script(connection, [f"DROP TABLE IF EXISTS temp.{name}" for name in _BACKFILL_TABLES])
-    else:
+    # Left over by an earlier call in the same (caller's) transaction, or on SQLite by an earlier transaction.
+    schema = "temp" if dialect == "sqlite" else "pg_temp"
+    _execute_script(connection, [f"DROP TABLE IF EXISTS {schema}.{name}" for name in _BACKFILL_TABLES])
+    if dialect == "postgresql":
         # JIT-compiling each round's small statement costs far more than it saves (~0.1 s a statement)
         connection.exec_driver_sql("SET LOCAL jit = off")
     _execute_script(
@@ -524,62 +526,56 @@ def _as_validation_error(error: DBAPIError) -> ValidationError | None:
     message = str(error.orig) if error.orig is not None else str(error)
     if CYCLE_MESSAGE not in message:
         return None
-    return ValidationError(message.strip().splitlines()[0])
+    return ValidationError(error_line(error))
 
 
 def install_tc(session: Session, link_types: Iterable[str] = DEFAULT_LINK_TYPES, progress: ProgressCallback | None = None) -> None:
-    """Install the closure triggers on ``db_dblink``, refill ``db_dbpath`` from the links, record the types, commit.
+    """Install the closure triggers on ``db_dblink``, refill ``db_dbpath`` from the links and record the types.
 
-    Reinstalling (with the same or other link types) replaces the triggers and recomputes the closure. Raises
-    :class:`ValidationError` (and rolls back) for bad link types or a cycle among the covered links.
+    Reinstalling (with the same or other link types) replaces the triggers and recomputes the closure. Runs in
+    the caller's transaction if there is one, else in its own that it commits
+    (:func:`~aiida_sqla_plugin.session.transaction`). Raises :class:`ValidationError` (and undoes its work) for
+    bad link types or a cycle among the covered links.
     """
     types = validate_link_types(link_types)
     dialect = _dialect(session)
     names = _default_names()
     statements = _pg_statements(names, types) if dialect == "postgresql" else _sqlite_statements(names, types)
     try:
-        connection = session.connection()
-        # Table locks first (the DDL waits for writers in flight, which may need the closure lock), then the lock.
-        _execute_script(connection, statements)
-        _lock(connection, dialect, names)
-        connection.execute(delete(table_of(DbPath)))
-        _backfill(connection, dialect, types, progress)
-        upsert = dialect_insert(dialect, DbSetting).values(
-            key=CLOSURE_SETTING_KEY,
-            val=list(types),
-            description="Link types covered by the transitive closure in db_dbpath",
-            time=utc_now(),
-        )
-        connection.execute(
-            upsert.on_conflict_do_update(index_elements=["key"], set_={"val": upsert.excluded.val, "time": upsert.excluded.time})
-        )
-        session.commit()
+        with transaction(session, write=True):
+            connection = session.connection()
+            # Table locks first (the DDL waits for writers in flight, which may need the closure lock), then the lock.
+            _execute_script(connection, statements)
+            _lock(connection, dialect, names)
+            connection.execute(delete(table_of(DbPath)))
+            _backfill(connection, dialect, types, progress)
+            upsert = dialect_insert(dialect, DbSetting).values(
+                key=CLOSURE_SETTING_KEY,
+                val=list(types),
+                description="Link types covered by the transitive closure in db_dbpath",
+                time=utc_now(),
+            )
+            connection.execute(
+                upsert.on_conflict_do_update(index_elements=["key"], set_={"val": upsert.excluded.val, "time": upsert.excluded.time})
+            )
     except DBAPIError as error:
-        session.rollback()
         wrapped = _as_validation_error(error)
         if wrapped is None:
             raise
         raise wrapped from error
-    except BaseException:
-        session.rollback()
-        raise
 
 
 def uninstall_tc(session: Session) -> None:
-    """Drop the closure triggers, empty ``db_dbpath`` and delete the closure setting, then commit."""
+    """Drop the closure triggers, empty ``db_dbpath`` and delete the closure setting (the transaction rule applies)."""
     dialect = _dialect(session)
     names = _default_names()
-    try:
+    with transaction(session, write=True):
         connection = session.connection()
         _execute_script(connection, _pg_drop_statements(names) if dialect == "postgresql" else _sqlite_drop_statements(names))
         _lock(connection, dialect, names)
         connection.execute(delete(table_of(DbPath)))
         settings = table_of(DbSetting)
         connection.execute(delete(settings).where(settings.c.key == CLOSURE_SETTING_KEY))
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
 
 
 def rebuild_tc(session: Session, progress: ProgressCallback | None = None) -> None:
@@ -589,7 +585,6 @@ def rebuild_tc(session: Session, progress: ProgressCallback | None = None) -> No
     """
     types = installed_link_types(session.connection())
     if types is None:
-        session.rollback()
         raise NotExistent("no transitive closure is installed; use install_tc()")
     install_tc(session, types, progress)
 

@@ -12,6 +12,7 @@ __all__ = (
     "SchemaBehind",
     "UnreachableStorage",
     "ValidationError",
+    "error_line",
 )
 
 
@@ -53,3 +54,10 @@ class SchemaAhead(IncompatibleDatabaseSchema):
 
 class CorruptStorage(IncompatibleDatabaseSchema):
     """The database cannot be read as a storage of this plugin (not a database, foreign tables, wrong generation)."""
+
+
+def error_line(error: BaseException | None) -> str:
+    """The first line of an error's message, from the driver's own error when SQLAlchemy wraps one."""
+    cause = getattr(error, "orig", None) or error
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else type(cause).__name__

@@ -13,21 +13,19 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING
 
 from sqlalchemy import Select, delete, select, union
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstrumentedAttribute
 
+from .backend import SqlaBackend, get_backend
 from .closure import installed_link_types
 from .exceptions import AiidaSqlaError, ValidationError
 from .models import DbGroup, DbGroupNode, DbLink, DbNode, DbPath, table_of
 from .progress import ProgressCallback, report
-from .session import SQLITE_BEGIN_OPTION
+from .session import transaction
 from .sql import id_select
 
-if TYPE_CHECKING:
-    from .backend import SqlaBackend
 
 __all__ = (
     "ConcurrentGraphChange",
@@ -91,30 +89,19 @@ def _dialect(connection: Connection) -> str:
 
 
 @contextlib.contextmanager
-def _connection(backend: SqlaBackend, write: bool) -> Iterator[Connection]:
-    """The connection of one transaction on the backend's session (a savepoint if one is already open).
+def _connection(backend: SqlaBackend | None, write: bool) -> Iterator[Connection]:
+    """The connection of the backend session's transaction, under :func:`~aiida_sqla_plugin.session.transaction`.
 
-    A new top-level write transaction on SQLite begins IMMEDIATE: a deferred one that reads first could not take
-    the write lock later if another process wrote in between. A write on PostgreSQL locks ``db_dblink`` against
-    other writers (readers go on) until it commits, so no link can appear between the traversal and the deletion.
+    A write begins a new SQLite transaction IMMEDIATE: a deferred one that reads first could not take the write
+    lock later if another process wrote in between. A write on PostgreSQL locks ``db_dblink`` against other
+    writers (readers go on) until it commits, so no link can appear between the traversal and the deletion.
     """
-    session = backend.get_session()
-    outermost = not session.in_transaction()
-    with backend.transaction() as session:
-        if write and outermost and backend.engine.dialect.name == "sqlite":
-            connection = session.connection(execution_options={SQLITE_BEGIN_OPTION: "IMMEDIATE"})
-        else:
-            connection = session.connection()
+    with transaction(get_backend(backend).get_session(), write=write) as session:
+        connection = session.connection()
         if write and connection.dialect.name == "postgresql":
             connection.exec_driver_sql(f"LOCK TABLE {DbLink.__tablename__} IN SHARE ROW EXCLUSIVE MODE")
         session.flush()  # the caller's pending ORM changes take part in the graph
         yield connection
-
-
-def _get_backend(backend: SqlaBackend | None) -> SqlaBackend:
-    from .backend import get_backend  # noqa: PLC0415 - backend imports most modules; keep this one light
-
-    return get_backend(backend)
 
 
 def _existing(
@@ -154,7 +141,7 @@ def delete_nodes_and_connections_sqla(pks_to_delete: Iterable[int], backend: Sql
     pks = _ids(pks_to_delete, "pks_to_delete")
     if not pks:
         return
-    with _connection(_get_backend(backend), write=True) as connection:
+    with _connection(backend, write=True) as connection:
         _delete_rows(connection, pks)
 
 
@@ -218,7 +205,7 @@ def _delete_from(
     rules = _validate_rules(traversal_rules)
     if not (isinstance(dry_run, bool) or callable(dry_run)):
         raise ValidationError(f"dry_run must be a bool or a callable, not {dry_run!r}")
-    backend = _get_backend(backend)
+    backend = get_backend(backend)
 
     if dry_run is False:
         with _connection(backend, write=True) as connection:
@@ -343,7 +330,7 @@ def _reachable(
     if not start or depth == 0:
         return set()
     near, far = (DbLink.output_id, DbLink.input_id) if upward else (DbLink.input_id, DbLink.output_id)
-    with _connection(_get_backend(backend), write=False) as connection:
+    with _connection(backend, write=False) as connection:
         dialect = _dialect(connection)
         if depth is None and installed_link_types(connection) == frozenset(types):
             mine, other = (DbPath.child_id, DbPath.parent_id) if upward else (DbPath.parent_id, DbPath.child_id)

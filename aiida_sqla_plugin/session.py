@@ -17,15 +17,16 @@ import json
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import create_engine, event, exc
 from sqlalchemy.engine import URL, Connection, Engine
-from sqlalchemy.orm import Session, scoped_session, sessionmaker
+from sqlalchemy.orm import Session, SessionTransactionOrigin, scoped_session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
-from .exceptions import ConfigurationError, UnreachableStorage
+from .exceptions import ConfigurationError, UnreachableStorage, error_line
 from .profile import ProfileLike, database_url, describe_url, engine_kwargs
 
 __all__ = (
@@ -39,12 +40,16 @@ __all__ = (
     "recreate_after_fork",
     "reset_session",
     "set_current_profile",
+    "sqlite_write_options",
+    "transaction",
 )
 
 #: Milliseconds a SQLite connection waits for another process's write lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 #: Execution option naming the SQLite ``BEGIN`` mode of a connection (``DEFERRED`` unless set).
 SQLITE_BEGIN_OPTION = "aiida_sqlite_begin"
+#: Key in ``Session.info`` counting the :func:`transaction` blocks open on that session.
+_TRANSACTION_DEPTH = "aiida_sqla_transaction_depth"
 
 
 @dataclass
@@ -183,8 +188,54 @@ def check_connection(profile: ProfileLike | None = None) -> None:
             if engine.url.get_backend_name() == "sqlite"
             else "check that the server is running, and the host, port, user, password and database name"
         )
-        reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        reason = error_line(error)
         raise UnreachableStorage(f"Profile {profile.name!r}: cannot reach the {where} ({reason}); {hint}.") from error
+
+
+def sqlite_write_options(dialect_name: str) -> dict[str, str]:
+    """Execution options making a new SQLite transaction begin ``IMMEDIATE`` (write lock at once); ``{}`` elsewhere.
+
+    A deferred SQLite transaction that reads first cannot take the write lock later if another process committed
+    in between; one that begins ``IMMEDIATE`` waits (up to the busy timeout) for the lock instead.
+    """
+    return {SQLITE_BEGIN_OPTION: "IMMEDIATE"} if dialect_name == "sqlite" else {}
+
+
+@contextlib.contextmanager
+def transaction(session: Session, write: bool = False) -> Iterator[Session]:
+    """The one transaction rule: join the caller's transaction if there is one, else run in an own one and commit.
+
+    The caller's transaction is an enclosing block of this function (``SqlaBackend.transaction()``) or one the
+    caller began explicitly (``session.begin()``); the block then runs in a savepoint, so an error undoes only its
+    own work, and the caller commits. Otherwise the block commits on success and rolls back on error; a transaction
+    the session had begun implicitly (by loading an object) is committed with it. ``write=True`` marks a block
+    that writes: on SQLite it then begins ``IMMEDIATE``, committing first an implicit transaction of the session
+    (which has a snapshot that may be too old to write in).
+    """
+    depth = session.info.get(_TRANSACTION_DEPTH, 0)
+    session.info[_TRANSACTION_DEPTH] = depth + 1
+    try:
+        current = session.get_transaction()
+        implicit = current is not None and current.origin is SessionTransactionOrigin.AUTOBEGIN
+        if depth > 0 or (current is not None and not implicit):
+            with session.begin_nested():
+                yield session
+            return
+        options = sqlite_write_options(session.get_bind().dialect.name) if write else {}
+        if implicit and options:
+            session.commit()
+            implicit = False
+        if implicit:
+            with session.begin_nested():
+                yield session
+            session.commit()
+        else:
+            with session.begin():
+                if options:
+                    session.connection(execution_options=options)
+                yield session
+    finally:
+        session.info[_TRANSACTION_DEPTH] = depth
 
 
 def set_current_profile(profile: ProfileLike) -> None:
