@@ -28,9 +28,11 @@ from .exceptions import (
     NotExistent,
     UnreachableStorage,
     ValidationError,
+    error_line,
 )
+from .links import DEFAULT_CLOSURE_LINK_TYPES, LINK_TYPES
 from .plugins import LoadedBackend, installed_backends, load_backend
-from .profile import Profile, database_url, describe_url
+from .profile import BACKEND_NAME, Profile, database_url, describe_url
 from .progress import ProgressCallback
 from .storage import (
     CorruptStorage,
@@ -256,7 +258,7 @@ def exit_code_for(error: BaseException) -> int:
 
 def _one_line(error: BaseException) -> str:
     if isinstance(error, sa_exc.DBAPIError) and error.orig is not None:
-        reason = str(error.orig).strip().splitlines()[0]
+        reason = error_line(error)
         return f"database error: {reason}; check that the database is reachable and run 'aiida-sqla storage status'"
     return str(error)
 
@@ -358,7 +360,7 @@ def profile_group() -> None:
 @click.option("--user", help="Database user.")
 @click.option("--password", help="Database password (stored in the config file, which only you can read).")
 @click.option("--database", help="Database name (PostgreSQL) or file path (SQLite).")
-@click.option("--backend", "storage_backend", default="sqlalchemy", show_default=True,
+@click.option("--backend", "storage_backend", default=BACKEND_NAME, show_default=True,
               help="Entry-point name of the storage backend.")
 @click.option("--default", "make_default", is_flag=True, help="Make it the default profile.")
 @common_options
@@ -971,8 +973,8 @@ def _ancestry_command(name: str, upward: bool) -> click.Command:
     preposition = "to" if upward else "from"
 
     @click.argument("pks", metavar="PK...", nargs=-1, type=int, required=True)
-    @click.option("--link-types", default="create,input_calc", show_default=True,
-                  help="Comma-separated link types to follow (create, return, input_calc, input_work, call_calc, call_work).")
+    @click.option("--link-types", default=",".join(DEFAULT_CLOSURE_LINK_TYPES), show_default=True,
+                  help=f"Comma-separated link types to follow ({', '.join(LINK_TYPES)}).")
     @click.option("--max-depth", type=click.IntRange(min=0), help="Follow at most this many links (default: no limit).")
     @json_option
     @common_options
@@ -1031,7 +1033,7 @@ def _print_closure_status(status: Any, as_json: bool) -> None:
 
 
 @closure_group.command("install")
-@click.option("--link-types", default="create,input_calc", show_default=True, help="Comma-separated link types it covers.")
+@click.option("--link-types", default=",".join(DEFAULT_CLOSURE_LINK_TYPES), show_default=True, help="Comma-separated link types it covers.")
 @common_options
 def closure_install(link_types: str) -> None:
     """Install the closure triggers and fill db_dbpath from the links (replaces an installed closure).
@@ -1128,7 +1130,7 @@ def demo(nodes: int, as_json: bool) -> None:
     state.profile_name = name
     if name not in state.config_file.read().profiles:
         path = default_sqlite_path(name)
-        state.config_file.add_profile(prepare_sqlite_storage(Profile(name, "sqlalchemy", {"url": f"sqlite:///{path}"})))
+        state.config_file.add_profile(prepare_sqlite_storage(Profile(name, BACKEND_NAME, {"url": f"sqlite:///{path}"})))
         note(f"Created profile {name!r}: SQLite file {path}")
     loaded = state.loaded()
     manager = loaded.backend_manager
@@ -1145,7 +1147,7 @@ def demo(nodes: int, as_json: bool) -> None:
         graph = build_graph(backend, nodes, seed=0, progress=progress)
     counts = count_entities(backend.engine)
     statistics = loaded.query_manager(backend).get_creation_statistics()
-    ancestry_types = ["create", "input_calc"]
+    ancestry_types = list(DEFAULT_CLOSURE_LINK_TYPES)
     output = graph.deepest_node
     ancestors = sorted(get_ancestors([output], link_types=ancestry_types, backend=backend)) if output is not None else []
     workflow = graph.workflow_ids[0] if graph.workflow_ids else None

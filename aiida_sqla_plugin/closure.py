@@ -28,6 +28,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from .exceptions import NotExistent, ValidationError, error_line
+from .links import DEFAULT_CLOSURE_LINK_TYPES, validate_link_types
 from .models import DbLink, DbPath, DbSetting, dialect_insert, table_of, utc_now
 from .progress import ProgressCallback, report
 from .session import transaction
@@ -37,8 +38,6 @@ __all__ = (
     "CLOSURE_SETTING_KEY",
     "CYCLE_MESSAGE",
     "ClosureStatus",
-    "DEFAULT_LINK_TYPES",
-    "KNOWN_LINK_TYPES",
     "closure_status",
     "get_pg_tc",
     "install_tc",
@@ -47,12 +46,8 @@ __all__ = (
     "uninstall_tc",
 )
 
-#: Link types the closure covers unless told otherwise: the acyclic provenance links.
-DEFAULT_LINK_TYPES: tuple[str, ...] = ("create", "input_calc")
 #: Setting recording the link types of the installed closure (absent when it is not installed).
 CLOSURE_SETTING_KEY = "closure_link_types"
-#: Every link type of the provenance graph (AiiDA's ``LinkType`` values); the closure may cover any of them.
-KNOWN_LINK_TYPES: frozenset[str] = frozenset({"create", "return", "input_calc", "input_work", "call_calc", "call_work"})
 #: Start of every cycle error, from the triggers and from the backfill.
 CYCLE_MESSAGE = "provenance links must be acyclic"
 #: PostgreSQL: a statement changing many (input, output) pairs analyses the closure after every so many of them.
@@ -95,19 +90,6 @@ def installed_link_types(connection: Connection) -> frozenset[str] | None:
     """The link types covered by the installed closure, or None when no closure is installed."""
     value = connection.execute(select(DbSetting.val).where(DbSetting.key == CLOSURE_SETTING_KEY)).scalar_one_or_none()
     return None if value is None else frozenset(value)
-
-
-def validate_link_types(link_types: Iterable[str]) -> tuple[str, ...]:
-    """The distinct link types, sorted, or :class:`ValidationError` if empty, a string or not all known."""
-    if isinstance(link_types, str) or not isinstance(link_types, Iterable):
-        raise ValidationError(f"link_types must be a collection of link type names, got {link_types!r}")
-    types = tuple(link_types)
-    if not types:
-        raise ValidationError("link_types must name at least one link type")
-    unknown = [value for value in types if not isinstance(value, str) or value not in KNOWN_LINK_TYPES]
-    if unknown:
-        raise ValidationError(f"unknown link types {unknown!r}; known are {sorted(KNOWN_LINK_TYPES)}")
-    return tuple(sorted(set(types)))
 
 
 def _quote(name: object, what: str) -> str:
@@ -302,7 +284,7 @@ def get_pg_tc(
     closure_table_name: str,
     closure_table_parent_field: str,
     closure_table_child_field: str,
-    link_types: Iterable[str] = DEFAULT_LINK_TYPES,
+    link_types: Iterable[str] = DEFAULT_CLOSURE_LINK_TYPES,
 ) -> str:
     """The PostgreSQL SQL (functions and statement-level triggers) keeping the closure table exact.
 
@@ -529,7 +511,7 @@ def _as_validation_error(error: DBAPIError) -> ValidationError | None:
     return ValidationError(error_line(error))
 
 
-def install_tc(session: Session, link_types: Iterable[str] = DEFAULT_LINK_TYPES, progress: ProgressCallback | None = None) -> None:
+def install_tc(session: Session, link_types: Iterable[str] = DEFAULT_CLOSURE_LINK_TYPES, progress: ProgressCallback | None = None) -> None:
     """Install the closure triggers on ``db_dblink``, refill ``db_dbpath`` from the links and record the types.
 
     Reinstalling (with the same or other link types) replaces the triggers and recomputes the closure. Runs in

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import platformdirs
 
 from .exceptions import ConfigurationError, NotExistent, ValidationError
-from .profile import Profile, database_url
+from .profile import BACKEND_NAME, Profile, database_url, sqlite_path
 
 try:
     import fcntl
@@ -79,9 +79,10 @@ def prepare_sqlite_storage(profile: Profile) -> Profile:
     A relative path would otherwise name a different file from every working directory.
     """
     url = database_url(profile)
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+    database = sqlite_path(url)
+    if database is None:
         return profile
-    path = Path(url.database).expanduser().absolute()
+    path = database.expanduser().absolute()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -129,7 +130,7 @@ class ProfileConfig:
                 raise ConfigurationError(f"the config file {path} has a malformed entry for profile {name!r}")
             profiles[name] = Profile(
                 name=name,
-                storage_backend=str(entry.get("storage_backend", "sqlalchemy")),
+                storage_backend=str(entry.get("storage_backend", BACKEND_NAME)),
                 storage_config=dict(entry.get("storage_config", {})),
             )
         default = data.get("default_profile")

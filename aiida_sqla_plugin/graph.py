@@ -21,6 +21,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 from .backend import SqlaBackend, get_backend
 from .closure import installed_link_types
 from .exceptions import AiidaSqlaError, ValidationError
+from .links import DEFAULT_CLOSURE_LINK_TYPES, validate_link_types
 from .models import DbGroup, DbGroupNode, DbLink, DbNode, DbPath, table_of
 from .progress import ProgressCallback, report
 from .session import transaction
@@ -30,7 +31,6 @@ from .sql import id_select
 __all__ = (
     "ConcurrentGraphChange",
     "DELETE_TRAVERSAL_RULES",
-    "LINK_TYPES",
     "delete_group_nodes",
     "delete_nodes",
     "delete_nodes_and_connections_sqla",
@@ -40,8 +40,6 @@ __all__ = (
 
 LOGGER = logging.getLogger(__name__)
 
-#: The link types of the provenance graph (values of AiiDA's ``LinkType``).
-LINK_TYPES: tuple[str, ...] = ("create", "return", "input_calc", "input_work", "call_calc", "call_work")
 
 #: AiiDA's DELETE rules: ``rule name -> (default, toggleable)``; True means "follow links of that type that way".
 #: "forward" follows a link from its input to its output, "backward" from its output to its input.
@@ -294,20 +292,6 @@ def delete_group_nodes(
 # ---------------------------------------------------------------------------------------------------- ancestry
 
 
-def _validate_link_types(link_types: Collection[str] | str) -> tuple[str, ...]:
-    if isinstance(link_types, str):
-        link_types = (link_types,)
-    if not isinstance(link_types, Iterable):
-        raise ValidationError(f"link_types must be link type names, not {link_types!r}")
-    types = tuple(dict.fromkeys(link_types))
-    if not types:
-        raise ValidationError("link_types must name at least one link type")
-    for link_type in types:
-        if not isinstance(link_type, str) or link_type not in LINK_TYPES:
-            raise ValidationError(f"unknown link type {link_type!r}; known: {', '.join(LINK_TYPES)}")
-    return types
-
-
 def _validate_depth(max_depth: int | None) -> int | None:
     if max_depth is None:
         return None
@@ -325,7 +309,7 @@ def _reachable(
 ) -> set[int]:
     """Nodes reachable from ``pks`` by one or more links of ``link_types`` (against links when ``upward``)."""
     start = _ids(pks, "pks")
-    types = _validate_link_types(link_types)
+    types = validate_link_types(link_types)
     depth = _validate_depth(max_depth)
     if not start or depth == 0:
         return set()
@@ -364,7 +348,7 @@ def _reachable(
 
 def get_ancestors(
     pks: Iterable[int],
-    link_types: Collection[str] | str = ("create", "input_calc"),
+    link_types: Collection[str] | str = DEFAULT_CLOSURE_LINK_TYPES,
     max_depth: int | None = None,
     backend: SqlaBackend | None = None,
 ) -> set[int]:
@@ -379,7 +363,7 @@ def get_ancestors(
 
 def get_descendants(
     pks: Iterable[int],
-    link_types: Collection[str] | str = ("create", "input_calc"),
+    link_types: Collection[str] | str = DEFAULT_CLOSURE_LINK_TYPES,
     max_depth: int | None = None,
     backend: SqlaBackend | None = None,
 ) -> set[int]:

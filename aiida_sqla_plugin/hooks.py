@@ -13,11 +13,10 @@ from . import session as session_module
 from .backend import SqlaBackend
 from .hookspecs import hookimpl
 from .manager import SqlaBackendManager, SqlaSettingsManager
-from .profile import ProfileLike
+from .profile import BACKEND_NAME, ProfileLike
 from .queries import SqlaQueryManager
 
 #: The entry-point name under which this backend is registered.
-BACKEND_NAME = "sqlalchemy"
 
 
 def _serves(profile: ProfileLike) -> bool:

@@ -27,6 +27,7 @@ from .exceptions import (
     SchemaBehind,
     UnreachableStorage,
     ValidationError,
+    error_line,
 )
 from .models import Base, DbSetting, dialect_insert, utc_now
 from .profile import ProfileLike, database_url, describe_url, sqlite_file
@@ -141,11 +142,11 @@ class SqlaBackendManager:
     def load_backend_environment(self, profile: ProfileLike, validate_schema: bool = True, **kwargs: Any) -> None:
         """Make ``profile`` current, check that its database answers and, by default, that its schema fits."""
         self._profile = profile
-        self._load_backend_environment(**kwargs)
+        self._load_backend_environment()
         if validate_schema:
             self.validate_schema(profile)
 
-    def _load_backend_environment(self, **kwargs: Any) -> None:
+    def _load_backend_environment(self) -> None:
         session_module.reset_session(self.profile)
         session_module.check_connection(self.profile)
 
@@ -281,7 +282,7 @@ class SqlaBackendManager:
                 tables = set(inspect(connection).get_table_names())
                 generation = self._database_generation(connection, tables)
         except exc.DatabaseError as error:
-            reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+            reason = error_line(error)
             return report(
                 SchemaState.CORRUPT,
                 f"Profile {name!r}: the {location} cannot be read ({reason}); restore it from a backup or point the "
@@ -356,8 +357,7 @@ class SqlaBackendManager:
                 on_revision(step.down_revision_ids[0] if step.down_revision_ids else None, step.up_revision_id or "")
 
         if engine.dialect.name == "sqlite":
-            options = {session_module.SQLITE_BEGIN_OPTION: "IMMEDIATE"}
-            with engine.connect().execution_options(**options) as connection:
+            with engine.connect().execution_options(**session_module.sqlite_write_options("sqlite")) as connection:
                 try:
                     transaction = connection.begin()
                 except exc.OperationalError as error:
@@ -422,7 +422,7 @@ class SqlaBackendManager:
             record(step=_NewDatabaseStep(head))
             return
         if current not in self._known_revisions():
-            raise IncompatibleDatabaseSchema(
+            raise SchemaAhead(
                 f"Profile {self.profile.name!r}: the database schema {current} is ahead of this code ({head}); "
                 "refusing to migrate (never downgrades); upgrade aiida-sqla-plugin."
             )

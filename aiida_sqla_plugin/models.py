@@ -46,7 +46,6 @@ __all__ = (
     "DbPath",
     "DbSetting",
     "DbUser",
-    "ENTITIES",
     "JsonType",
     "dialect_insert",
     "table_of",
@@ -319,9 +318,3 @@ class DbPath(Base):
     parent_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     child_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     path_count: Mapped[int] = mapped_column(BigInteger)
-
-
-#: Mapped classes by table name.
-ENTITIES: dict[str, type[Base]] = {
-    mapper.class_.__tablename__: mapper.class_ for mapper in Base.registry.mappers
-}

@@ -11,7 +11,19 @@ from sqlalchemy.exc import ArgumentError
 
 from .exceptions import ConfigurationError
 
-__all__ = ("Profile", "ProfileLike", "database_url", "describe_url", "engine_kwargs", "sqlite_file")
+__all__ = (
+    "BACKEND_NAME",
+    "Profile",
+    "ProfileLike",
+    "database_url",
+    "describe_url",
+    "engine_kwargs",
+    "sqlite_file",
+    "sqlite_path",
+)
+
+#: The ``storage_backend`` name of this plugin's profiles (its entry point name).
+BACKEND_NAME = "sqlalchemy"
 
 #: AiiDA's ``database_engine`` values mapped to SQLAlchemy driver names.
 ENGINE_DRIVERS: dict[str, str] = {
@@ -46,7 +58,7 @@ class Profile:
     """
 
     name: str
-    storage_backend: str = "sqlalchemy"
+    storage_backend: str = BACKEND_NAME
     storage_config: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -115,12 +127,16 @@ def engine_kwargs(profile: ProfileLike) -> dict[str, Any]:
     return dict(extra)
 
 
-def sqlite_file(profile: ProfileLike) -> Path | None:
-    """The SQLite file of a profile, or None for PostgreSQL and in-memory SQLite."""
-    url = database_url(profile)
+def sqlite_path(url: URL) -> Path | None:
+    """The file of a SQLite URL, or None for PostgreSQL and in-memory SQLite."""
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
         return None
     return Path(url.database)
+
+
+def sqlite_file(profile: ProfileLike) -> Path | None:
+    """The SQLite file of a profile, or None for PostgreSQL and in-memory SQLite."""
+    return sqlite_path(database_url(profile))
 
 
 def describe_url(url: URL) -> str:

@@ -15,7 +15,7 @@ from .exceptions import NotExistent, ValidationError
 from .models import DbSetting, dialect_insert, table_of, utc_now
 from .profile import ProfileLike
 
-__all__ = ("Setting", "SqlaSettingsManager", "json_text", "validate_setting_key", "validate_json_value")
+__all__ = ("Setting", "SqlaSettingsManager", "json_text", "validate_setting_key")
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,6 @@ def validate_setting_key(key: object) -> str:
     if "." in key:
         raise ValidationError(f"setting key {key!r} must not contain '.'; use '_' or '|' to structure keys")
     return key
-
-
-def validate_json_value(value: Any, what: str = "value") -> None:
-    """Raise :class:`ValidationError` unless ``value`` is JSON that round-trips exactly through the database."""
-    json_text(value, what)
 
 
 def json_text(value: Any, what: str = "value") -> str:
@@ -139,7 +134,7 @@ class SqlaSettingsManager:
         if description is not None:
             updates["description"] = statement.excluded.description
         statement = statement.on_conflict_do_update(index_elements=["key"], set_=updates)
-        with engine.connect().execution_options(**{session_module.SQLITE_BEGIN_OPTION: "IMMEDIATE"}) as connection:
+        with engine.connect().execution_options(**session_module.sqlite_write_options(engine.dialect.name)) as connection:
             with connection.begin():
                 connection.execute(statement)
 

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 
 from . import session as session_module
 from .exceptions import (
+    error_line,
     ConfigurationError,
     CorruptStorage,
     SchemaAhead,
@@ -28,7 +29,7 @@ from .exceptions import (
 )
 from .manager import SchemaReport, SchemaState, SqlaBackendManager, new_alembic_config
 from .models import Base, DbComment, DbComputer, DbGroup, DbLink, DbLog, DbNode, DbPath, DbSetting, DbUser
-from .profile import ProfileLike, database_url, describe_url, sqlite_file
+from .profile import ProfileLike, database_url, describe_url, sqlite_file, sqlite_path
 from .settings import Setting
 from .sql import id_select
 
@@ -93,9 +94,9 @@ def database_size(engine: Engine) -> int | None:
     if engine.dialect.name == "postgresql":
         with engine.connect() as connection:
             return int(connection.execute(text("SELECT pg_database_size(current_database())")).scalar_one())
-    database = engine.url.database
-    if engine.dialect.name == "sqlite" and database and database != ":memory:":
-        paths = [Path(database), Path(database + "-wal")]
+    database = sqlite_path(engine.url)
+    if database is not None:
+        paths = [database, Path(f"{database}-wal")]
         return sum(path.stat().st_size for path in paths if path.exists())
     return None
 
@@ -108,7 +109,7 @@ def reset_storage(engine: Engine) -> dict[str, int]:
     tables = [table for table in reversed(Base.metadata.sorted_tables) if table.name not in KEPT_TABLES]
     tables.sort(key=lambda table: table.name == DbPath.__tablename__)  # stable: closure last
     deleted: dict[str, int] = {}
-    options = {session_module.SQLITE_BEGIN_OPTION: "IMMEDIATE"} if engine.dialect.name == "sqlite" else {}
+    options = session_module.sqlite_write_options(engine.dialect.name)
     with engine.connect().execution_options(**options) as connection, connection.begin():
         for table in tables:
             deleted[table.name] = int(connection.execute(table.delete()).rowcount or 0)
@@ -183,10 +184,10 @@ def drop_database(profile: ProfileLike) -> str:
         with admin.connect() as connection:
             connection.execute(text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
     except sa_exc.OperationalError as error:
-        reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        reason = error_line(error)
         raise UnreachableStorage(f"cannot drop the {location} ({reason}); drop it by hand with dropdb") from error
     except sa_exc.ProgrammingError as error:
-        reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        reason = error_line(error)
         raise ConfigurationError(f"cannot drop the {location} ({reason}); drop it by hand with dropdb") from error
     finally:
         admin.dispose()

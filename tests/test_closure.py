@@ -21,7 +21,6 @@ from aiida_sqla_plugin.backend import SqlaBackend
 from aiida_sqla_plugin.closure import (
     CLOSURE_SETTING_KEY,
     CYCLE_MESSAGE,
-    DEFAULT_LINK_TYPES,
     ClosureStatus,
     closure_status,
     get_pg_tc,
@@ -31,6 +30,7 @@ from aiida_sqla_plugin.closure import (
     uninstall_tc,
 )
 from aiida_sqla_plugin.exceptions import NotExistent, ValidationError
+from aiida_sqla_plugin.links import DEFAULT_CLOSURE_LINK_TYPES
 from aiida_sqla_plugin.models import DbLink, DbNode, DbPath, DbSetting, DbUser
 
 LINKS = DbLink.__table__
@@ -63,7 +63,7 @@ def closure(connection: Connection) -> dict[tuple[int, int], int]:
     return {(p, c): n for p, c, n in connection.execute(select(PATHS.c.parent_id, PATHS.c.child_id, PATHS.c.path_count))}
 
 
-def expected_closure(edges: Iterable[Edge], types: Iterable[str] = DEFAULT_LINK_TYPES) -> dict[tuple[int, int], int]:
+def expected_closure(edges: Iterable[Edge], types: Iterable[str] = DEFAULT_CLOSURE_LINK_TYPES) -> dict[tuple[int, int], int]:
     """Path counts computed in Python: DP over a topological order (asserts the covered graph is acyclic)."""
     covered = set(types)
     multiplicity = Counter((u, v) for u, v, kind in edges if kind in covered)
@@ -92,7 +92,7 @@ def expected_closure(edges: Iterable[Edge], types: Iterable[str] = DEFAULT_LINK_
     return result
 
 
-def is_acyclic(edges: Iterable[Edge], types: Iterable[str] = DEFAULT_LINK_TYPES) -> bool:
+def is_acyclic(edges: Iterable[Edge], types: Iterable[str] = DEFAULT_CLOSURE_LINK_TYPES) -> bool:
     try:
         expected_closure(edges, types)
     except AssertionError:
@@ -104,7 +104,7 @@ def all_links(connection: Connection) -> list[Edge]:
     return [(u, v, kind) for u, v, kind in connection.execute(select(LINKS.c.input_id, LINKS.c.output_id, LINKS.c.type))]
 
 
-def assert_exact(connection: Connection, types: Iterable[str] = DEFAULT_LINK_TYPES) -> dict[tuple[int, int], int]:
+def assert_exact(connection: Connection, types: Iterable[str] = DEFAULT_CLOSURE_LINK_TYPES) -> dict[tuple[int, int], int]:
     actual = closure(connection)
     assert actual == expected_closure(all_links(connection), types)
     return actual
@@ -339,7 +339,7 @@ def test_uninstall_and_rebuild(installed: Engine, nodes: list[int]) -> None:
     with installed.begin() as connection:
         add_links(connection, [(a, b, "create"), (b, c, "create")])
     with Session(installed) as session:
-        assert closure_status(session) == ClosureStatus(True, DEFAULT_LINK_TYPES, 3, 2)
+        assert closure_status(session) == ClosureStatus(True, DEFAULT_CLOSURE_LINK_TYPES, 3, 2)
         uninstall_tc(session)
         assert closure_status(session) == ClosureStatus(False, (), 0, 0)
         assert session.execute(select(DbSetting).where(DbSetting.key == CLOSURE_SETTING_KEY)).first() is None
@@ -369,7 +369,7 @@ def test_uninstall_and_rebuild(installed: Engine, nodes: list[int]) -> None:
 
 
 @pytest.mark.parametrize(
-    "link_types", [(), "create", ["create", "nonsense"], [None], ["create; DROP TABLE db_dbnode"]]
+    "link_types", [(), "nonsense", ["create", "nonsense"], [None], ["create; DROP TABLE db_dbnode"]]
 )
 def test_bad_link_types(installed: Engine, link_types: object) -> None:
     with Session(installed) as session, pytest.raises(ValidationError):
@@ -377,7 +377,7 @@ def test_bad_link_types(installed: Engine, link_types: object) -> None:
     with pytest.raises(ValidationError):
         get_pg_tc("db_dblink", "input_id", "output_id", "db_dbpath", "parent_id", "child_id", link_types)  # type: ignore[arg-type]
     with Session(installed) as session:
-        assert closure_status(session).link_types == DEFAULT_LINK_TYPES
+        assert closure_status(session).link_types == DEFAULT_CLOSURE_LINK_TYPES
 
 
 @pytest.mark.parametrize(
@@ -600,7 +600,7 @@ class ClosureMachine(RuleBasedStateMachine):
     def retype_many(self, kind: str, data: st.DataObject) -> None:
         chosen = data.draw(st.sets(st.sampled_from(sorted(self.links)), min_size=2, max_size=4))
         # retyping to an uncovered type only removes links: no order of rows can make a spurious cycle
-        if kind in DEFAULT_LINK_TYPES and not all(self.links[key][2] in DEFAULT_LINK_TYPES for key in chosen):
+        if kind in DEFAULT_CLOSURE_LINK_TYPES and not all(self.links[key][2] in DEFAULT_CLOSURE_LINK_TYPES for key in chosen):
             kind = "return"
         after = [(u, v, kind) if key in chosen else (u, v, t) for key, (u, v, t) in self.links.items()]
         self._try(after, lambda connection: connection.execute(update(LINKS).where(LINKS.c.id.in_(sorted(chosen))).values(type=kind)))

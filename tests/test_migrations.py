@@ -19,7 +19,7 @@ import aiida_sqla_plugin
 from aiida_sqla_plugin import get_engine
 from aiida_sqla_plugin import manager as manager_module
 from aiida_sqla_plugin.backend import SqlaBackend
-from aiida_sqla_plugin.exceptions import DatabaseMigrationError, IncompatibleDatabaseSchema, ValidationError
+from aiida_sqla_plugin.exceptions import DatabaseMigrationError, IncompatibleDatabaseSchema, SchemaAhead, ValidationError
 from aiida_sqla_plugin.manage import alembic_command_names, execute_alembic_command
 from aiida_sqla_plugin.manager import SqlaBackendManager, new_alembic_config
 from aiida_sqla_plugin.models import Base
@@ -153,7 +153,7 @@ def test_database_ahead_of_the_code(backend: SqlaBackend) -> None:
         manager.validate_schema(backend.profile)
     with pytest.raises(IncompatibleDatabaseSchema, match="ahead"):
         SqlaBackendManager().load_backend_environment(backend.profile)
-    with pytest.raises(IncompatibleDatabaseSchema, match="refusing to migrate"):
+    with pytest.raises(SchemaAhead, match="refusing to migrate"):  # the type says it, not only the message
         manager.migrate()
     assert manager.get_schema_version_database() == "main_9999"
     assert current_snapshot() == before
