@@ -7,11 +7,10 @@ reason, except on CI (``CI=true``), where they fail.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import OperationalError
 
@@ -19,8 +18,8 @@ import aiida_sqla_plugin
 from aiida_sqla_plugin.backend import SqlaBackend
 from aiida_sqla_plugin.manager import SqlaBackendManager
 from aiida_sqla_plugin.models import DbUser
+from helpers import PG_ADMIN_URL, create_postgres_database, drop_postgres_database
 
-PG_ADMIN_URL = make_url(os.environ.get("AIIDA_SQLA_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"))
 DIALECTS = ("sqlite", "postgresql")
 _pg_unavailable_reason: str | None = None
 _pg_checked = False
@@ -52,26 +51,16 @@ def require_postgres() -> None:
     pytest.skip(reason)
 
 
-def _admin_execute(statement: str) -> None:
-    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as connection:
-            connection.execute(text(statement))
-    finally:
-        engine.dispose()
-
-
 @pytest.fixture
 def new_postgres_url() -> Iterator[URL]:
     """A new, empty PostgreSQL database for this test, dropped afterwards."""
     require_postgres()
-    name = f"aiida_sqla_test_{uuid.uuid4().hex[:12]}"
-    _admin_execute(f'CREATE DATABASE "{name}"')
+    url = create_postgres_database()
     try:
-        yield PG_ADMIN_URL.set(database=name)
+        yield url
     finally:
         aiida_sqla_plugin.dispose_engines()
-        _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_postgres_database(url)
 
 
 @pytest.fixture(params=DIALECTS)

@@ -27,6 +27,7 @@ from aiida_sqla_plugin.backend import SqlaBackend
 from aiida_sqla_plugin.cli import EXIT_CODES, cli
 from aiida_sqla_plugin.config import CONFIG_DIR_ENV, DATA_DIR_ENV, ConfigFile
 from aiida_sqla_plugin.models import DbComment, DbComputer, DbGroup, DbLink, DbLog, DbNode, DbSetting, DbUser
+from helpers import id_set
 
 DATA = "data.core.int.Int."
 CALC = "process.calculation.calcjob.CalcJobNode."
@@ -142,11 +143,6 @@ def store_small_graph(backend: SqlaBackend) -> SmallGraph:
         session.add(DbLog(dbnode_id=ids["c1"], loggername="x", levelname="INFO"))
         user_id = user.id
     return SmallGraph(user_id, ids["d1"], ids["c1"], ids["d2"], ids["w1"])
-
-
-def node_ids(backend: SqlaBackend) -> set[int]:
-    with backend.engine.connect() as connection:
-        return set(connection.execute(select(DbNode.id)).scalars())
 
 
 # -- help and command tree -------------------------------------------------------------------------------
@@ -291,7 +287,7 @@ def test_version_migrate_and_info(new_profile: CliProfile, dialect: str) -> None
     assert info["creation_statistics"]["total"] == 4
     assert info["creation_statistics"]["types"] == {DATA: 2, CALC: 1, WORK: 1}
     assert isinstance(info["database_size_bytes"], int) and info["database_size_bytes"] > 0
-    assert graph.d1 in node_ids(new_profile.backend)
+    assert graph.d1 in id_set(new_profile.backend)
     text_info = invoke("storage", "info").stdout
     assert "nodes: 4" in text_info and "links: 5" in text_info
 
@@ -421,17 +417,17 @@ def test_node_delete(migrated: CliProfile) -> None:
     assert "Would delete 4 node(s)." in dry
     assert f"pks: {' '.join(map(str, sorted([graph.d1, graph.c1, graph.d2, graph.w1])))}" in dry
     assert "Would delete 3 node(s)." in invoke("node", "delete", str(graph.d1), "--dry-run", "--no-create-forward").stdout
-    assert node_ids(migrated.backend) == {graph.d1, graph.c1, graph.d2, graph.w1}
+    assert id_set(migrated.backend) == {graph.d1, graph.c1, graph.d2, graph.w1}
 
     error = one_error_line(invoke("node", "delete", "999999", str(graph.d1), "--force", code=1).stderr)
     assert "no node with pk 999999" in error
     invoke("node", "delete", str(graph.w1), input="n\n", code=1)  # refused
-    assert len(node_ids(migrated.backend)) == 4
+    assert len(id_set(migrated.backend)) == 4
 
     # A workflow takes what it called (call_calc_forward) and that calculation's outputs, not its inputs.
     result = invoke("node", "delete", str(graph.w1), input="y\n")
     assert "Deleting 3 node(s)." in result.stdout and "Deleted 3 node(s)." in result.stdout
-    assert node_ids(migrated.backend) == {graph.d1}
+    assert id_set(migrated.backend) == {graph.d1}
     with migrated.backend.engine.connect() as connection:
         assert connection.execute(select(func.count()).select_from(DbLink)).scalar() == 0
 
@@ -440,7 +436,7 @@ def test_node_delete_force_and_rule_toggles(migrated: CliProfile) -> None:
     graph = store_small_graph(migrated.backend)
     result = invoke("node", "delete", str(graph.w1), "--force", "--no-call-calc-forward")
     assert "Deleted 1 node(s)." in result.stdout
-    assert node_ids(migrated.backend) == {graph.d1, graph.c1, graph.d2}
+    assert id_set(migrated.backend) == {graph.d1, graph.c1, graph.d2}
 
 
 def test_ancestors_and_descendants(migrated: CliProfile) -> None:
@@ -563,7 +559,7 @@ def test_demo_creates_a_sqlite_profile_and_runs_the_whole_job(cli_dirs: tuple[Pa
     from aiida_sqla_plugin.graph import get_ancestors  # noqa: PLC0415
 
     assert sorted(get_ancestors([ancestors["node"]], backend=backend)) == ancestors["pks"]
-    assert len(node_ids(backend)) == 300  # the deletion was a dry run
+    assert len(id_set(backend)) == 300  # the deletion was a dry run
     assert ConfigFile().read().default_profile == "demo"
 
     again = invoke("demo", "--nodes", "50")  # text output; the profile exists and is migrated already
@@ -575,7 +571,7 @@ def test_demo_creates_a_sqlite_profile_and_runs_the_whole_job(cli_dirs: tuple[Pa
 def test_demo_on_an_existing_profile(new_profile: CliProfile, dialect: str) -> None:
     report = json.loads(invoke("-p", "p", "demo", "--nodes", "200", "--json").stdout)
     assert report["profile"] == "p" and report["counts"]["nodes"] == 200
-    assert len(node_ids(new_profile.backend)) == 200
+    assert len(id_set(new_profile.backend)) == 200
     info = json.loads(invoke("storage", "info", "--json").stdout)
     assert info["dialect"] == dialect and info["counts"] == report["counts"]
     assert "demo" not in ConfigFile().read().profiles

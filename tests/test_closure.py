@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
-from sqlalchemy import case, delete, func, insert, select, text, update
+from sqlalchemy import case, delete, func, select, text, update
 from sqlalchemy import inspect as inspect_schema
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, InternalError, NotSupportedError
@@ -32,6 +32,7 @@ from aiida_sqla_plugin.closure import (
 from aiida_sqla_plugin.exceptions import NotExistent, ValidationError
 from aiida_sqla_plugin.links import DEFAULT_CLOSURE_LINK_TYPES
 from aiida_sqla_plugin.models import DbLink, DbNode, DbPath, DbSetting, DbUser
+from helpers import insert_links, insert_nodes
 
 LINKS = DbLink.__table__
 NODES = DbNode.__table__
@@ -45,17 +46,7 @@ CYCLE_ERRORS = (IntegrityError, InternalError)
 
 def add_nodes(connection: Connection, user_id: int, count: int) -> list[int]:
     """Store ``count`` nodes; returns their ids in order."""
-    first = connection.execute(select(func.coalesce(func.max(NODES.c.id), 0))).scalar_one()
-    connection.execute(insert(NODES), [{"node_type": "data.core.int.Int.", "user_id": user_id} for _ in range(count)])
-    ids = list(connection.execute(select(NODES.c.id).where(NODES.c.id > first).order_by(NODES.c.id)).scalars())
-    assert len(ids) == count
-    return ids
-
-
-def add_links(connection: Connection, edges: Iterable[Edge]) -> None:
-    """Store links in one multi-row statement."""
-    rows = [{"input_id": u, "output_id": v, "type": kind, "label": f"l{u}_{v}"} for u, v, kind in edges]
-    connection.execute(insert(LINKS), rows)
+    return insert_nodes(connection, [{"node_type": "data.core.int.Int.", "user_id": user_id} for _ in range(count)])
 
 
 def closure(connection: Connection) -> dict[tuple[int, int], int]:
@@ -136,7 +127,7 @@ def nodes(installed: Engine, user: DbUser) -> list[int]:
 def test_diamond_counts_two_paths(installed: Engine, nodes: list[int]) -> None:
     a, b, c, d = nodes[:4]
     with installed.begin() as connection:
-        add_links(connection, [(a, b, "create"), (a, c, "input_calc"), (b, d, "create"), (c, d, "create")])
+        insert_links(connection, [(a, b, "create"), (a, c, "input_calc"), (b, d, "create"), (c, d, "create")])
     with installed.connect() as connection:
         assert closure(connection) == {(a, b): 1, (a, c): 1, (b, d): 1, (c, d): 1, (a, d): 2}
 
@@ -144,9 +135,9 @@ def test_diamond_counts_two_paths(installed: Engine, nodes: list[int]) -> None:
 def test_parallel_links_are_distinct_paths(installed: Engine, nodes: list[int]) -> None:
     a, b, c = nodes[:3]
     with installed.begin() as connection:
-        add_links(connection, [(a, b, "create"), (a, b, "input_calc")])  # one statement, two parallel links
-        add_links(connection, [(b, c, "create")])
-        add_links(connection, [(b, c, "create")])  # a parallel link in a statement of its own
+        insert_links(connection, [(a, b, "create"), (a, b, "input_calc")])  # one statement, two parallel links
+        insert_links(connection, [(b, c, "create")])
+        insert_links(connection, [(b, c, "create")])  # a parallel link in a statement of its own
     with installed.connect() as connection:
         assert closure(connection) == {(a, b): 2, (b, c): 2, (a, c): 4}
     with installed.begin() as connection:
@@ -157,8 +148,8 @@ def test_parallel_links_are_distinct_paths(installed: Engine, nodes: list[int]) 
 def test_chain_and_uncovered_types(installed: Engine, nodes: list[int]) -> None:
     chain = nodes[:6]
     with installed.begin() as connection:
-        add_links(connection, [(u, v, "create") for u, v in zip(chain, chain[1:])])
-        add_links(connection, [(chain[-1], chain[0], "return"), (nodes[7], nodes[8], "call_calc")])  # not covered
+        insert_links(connection, [(u, v, "create") for u, v in zip(chain, chain[1:])])
+        insert_links(connection, [(chain[-1], chain[0], "return"), (nodes[7], nodes[8], "call_calc")])  # not covered
         result = assert_exact(connection)
     assert len(result) == 15 and set(result.values()) == {1}
     assert (chain[0], chain[5]) in result and (nodes[7], nodes[8]) not in result
@@ -168,7 +159,7 @@ def test_deletes_remove_paths_reaching_zero(installed: Engine, nodes: list[int])
     a, b, c, d, e = nodes[:5]
     edges = [(a, b, "create"), (b, c, "create"), (a, c, "create"), (c, d, "input_calc"), (d, e, "create")]
     with installed.begin() as connection:
-        add_links(connection, edges)
+        insert_links(connection, edges)
         assert closure(connection)[(a, e)] == 2
         connection.execute(delete(LINKS).where(LINKS.c.input_id == a, LINKS.c.output_id == c))
         result = assert_exact(connection)
@@ -183,7 +174,7 @@ def test_deletes_remove_paths_reaching_zero(installed: Engine, nodes: list[int])
 def test_updates_of_endpoints(installed: Engine, nodes: list[int]) -> None:
     a, b, c, d = nodes[:4]
     with installed.begin() as connection:
-        add_links(connection, [(a, b, "create"), (b, c, "create"), (c, d, "create")])
+        insert_links(connection, [(a, b, "create"), (b, c, "create"), (c, d, "create")])
         connection.execute(update(LINKS).where(LINKS.c.input_id == b).values(input_id=a))  # b->c becomes a->c
         assert closure(connection) == {(a, b): 1, (a, c): 1, (c, d): 1, (a, d): 1}
         connection.execute(update(LINKS).where(LINKS.c.output_id == d).values(output_id=b))  # c->d becomes c->b
@@ -195,7 +186,7 @@ def test_updates_of_endpoints(installed: Engine, nodes: list[int]) -> None:
 def test_multi_row_update_reversing_links(installed: Engine, nodes: list[int], dialect: str) -> None:
     a, b, c = nodes[:3]
     with installed.begin() as connection:
-        add_links(connection, [(a, b, "create"), (b, c, "create")])
+        insert_links(connection, [(a, b, "create"), (b, c, "create")])
         connection.execute(
             update(LINKS).values(input_id=LINKS.c.output_id, output_id=LINKS.c.input_id)
         )  # final graph c->b->a is acyclic
@@ -207,8 +198,8 @@ def test_multi_row_type_swap(installed: Engine, nodes: list[int], dialect: str) 
     SQLite works row by row and may see the transient cycle (then it rejects the whole statement)."""
     a, b = nodes[:2]
     with installed.begin() as connection:
-        add_links(connection, [(b, a, "return")])
-        add_links(connection, [(a, b, "create")])
+        insert_links(connection, [(b, a, "return")])
+        insert_links(connection, [(a, b, "create")])
     swap = update(LINKS).values(type=case((LINKS.c.type == "create", "return"), else_="create"))
     try:
         with installed.begin() as connection:
@@ -225,7 +216,7 @@ def test_multi_row_type_swap(installed: Engine, nodes: list[int], dialect: str) 
 def test_type_change_moves_links_in_and_out(installed: Engine, nodes: list[int]) -> None:
     a, b, c = nodes[:3]
     with installed.begin() as connection:
-        add_links(connection, [(a, b, "create"), (b, c, "return")])
+        insert_links(connection, [(a, b, "create"), (b, c, "return")])
         assert closure(connection) == {(a, b): 1}
         connection.execute(update(LINKS).where(LINKS.c.input_id == b).values(type="input_calc"))  # moves in
         assert closure(connection) == {(a, b): 1, (b, c): 1, (a, c): 1}
@@ -238,7 +229,7 @@ def test_type_change_moves_links_in_and_out(installed: Engine, nodes: list[int])
 def test_node_delete_cascades_links_and_closure(installed: Engine, nodes: list[int]) -> None:
     a, b, c, d = nodes[:4]
     with installed.begin() as connection:
-        add_links(connection, [(a, b, "create"), (b, c, "create"), (a, c, "create"), (c, d, "create")])
+        insert_links(connection, [(a, b, "create"), (b, c, "create"), (a, c, "create"), (c, d, "create")])
     with installed.begin() as connection:
         connection.execute(delete(LINKS).where(LINKS.c.input_id == d))  # nothing: d has no outgoing links
         connection.execute(delete(LINKS).where(LINKS.c.input_id == c))  # the outgoing link blocks deletion of c
@@ -253,11 +244,11 @@ def test_node_delete_cascades_links_and_closure(installed: Engine, nodes: list[i
 def test_cycles_are_rejected_by_the_trigger(installed: Engine, nodes: list[int], dialect: str) -> None:
     a, b, c = nodes[:3]
     with installed.begin() as connection:
-        add_links(connection, [(a, b, "create"), (b, c, "create")])
+        insert_links(connection, [(a, b, "create"), (b, c, "create")])
     attempts: list[list[Edge]] = [[(c, a, "input_calc")], [(b, b, "create")], [(a, c, "create"), (c, a, "create")]]
     for edges in attempts:
         with pytest.raises(CYCLE_ERRORS) as caught, installed.begin() as connection:
-            add_links(connection, edges)
+            insert_links(connection, edges)
         assert CYCLE_MESSAGE in str(caught.value)
         if dialect == "postgresql":
             assert f"from node {edges[-1][0]} to node {edges[-1][1]}" in str(caught.value)
@@ -266,7 +257,7 @@ def test_cycles_are_rejected_by_the_trigger(installed: Engine, nodes: list[int],
         connection.execute(update(LINKS).where(LINKS.c.input_id == a).values(type="input_calc"))  # no change
         connection.execute(update(LINKS).where(LINKS.c.input_id == a).values(input_id=b))  # b->b: self-loop
     with installed.begin() as connection:
-        add_links(connection, [(c, a, "return")])  # uncovered links may close cycles
+        insert_links(connection, [(c, a, "return")])  # uncovered links may close cycles
     with pytest.raises(CYCLE_ERRORS, match=CYCLE_MESSAGE), installed.begin() as connection:
         connection.execute(update(LINKS).where(LINKS.c.type == "return").values(type="create"))
     with installed.connect() as connection:
@@ -289,7 +280,7 @@ def test_install_backfill_matches_triggers(backend: SqlaBackend, user: DbUser) -
     with backend.engine.begin() as connection:
         ids = add_nodes(connection, user.id, 60)
         edges = [(ids[u], ids[v], kinds[(u * 7 + v) % len(kinds)]) for u, v in _random_dag(60, 1)]
-        add_links(connection, edges)
+        insert_links(connection, edges)
     calls: list[tuple[str, int, int | None]] = []
     with Session(backend.engine) as session:
         install_tc(session, types, progress=lambda what, done, total: calls.append((what, done, total)))
@@ -303,7 +294,7 @@ def test_install_backfill_matches_triggers(backend: SqlaBackend, user: DbUser) -
         connection.execute(delete(LINKS))
         assert closure(connection) == {}
         for edge in edges:
-            add_links(connection, [edge])
+            insert_links(connection, [edge])
         assert closure(connection) == backfilled
     with Session(backend.engine) as session:
         status = closure_status(session)
@@ -313,13 +304,13 @@ def test_install_backfill_matches_triggers(backend: SqlaBackend, user: DbUser) -
 def test_install_rejects_existing_cycle(backend: SqlaBackend, user: DbUser) -> None:
     with backend.engine.begin() as connection:
         a, b, c, d = add_nodes(connection, user.id, 4)
-        add_links(connection, [(a, b, "create"), (b, c, "input_calc"), (c, b, "create"), (c, d, "return")])
+        insert_links(connection, [(a, b, "create"), (b, c, "input_calc"), (c, b, "create"), (c, d, "return")])
     with Session(backend.engine) as session, pytest.raises(ValidationError, match=CYCLE_MESSAGE):
         install_tc(session)
     with Session(backend.engine) as session:  # rolled back: nothing installed, nothing left behind
         assert closure_status(session) == ClosureStatus(False, (), 0, 0)
     with backend.engine.begin() as connection:
-        add_links(connection, [(a, d, "create"), (a, d, "create")])  # no triggers: no error
+        insert_links(connection, [(a, d, "create"), (a, d, "create")])  # no triggers: no error
         connection.execute(delete(LINKS).where(LINKS.c.input_id == c, LINKS.c.output_id == b))
     with Session(backend.engine) as session:
         install_tc(session, ["create", "input_calc", "return"])
@@ -329,7 +320,7 @@ def test_install_rejects_existing_cycle(backend: SqlaBackend, user: DbUser) -> N
     with Session(backend.engine) as session:
         uninstall_tc(session)
     with backend.engine.begin() as connection:  # self-loops are cycles for the backfill too
-        add_links(connection, [(b, b, "create")])
+        insert_links(connection, [(b, b, "create")])
     with Session(backend.engine) as session, pytest.raises(ValidationError, match=f"node {b} reaches itself"):
         install_tc(session)
 
@@ -337,14 +328,14 @@ def test_install_rejects_existing_cycle(backend: SqlaBackend, user: DbUser) -> N
 def test_uninstall_and_rebuild(installed: Engine, nodes: list[int]) -> None:
     a, b, c = nodes[:3]
     with installed.begin() as connection:
-        add_links(connection, [(a, b, "create"), (b, c, "create")])
+        insert_links(connection, [(a, b, "create"), (b, c, "create")])
     with Session(installed) as session:
         assert closure_status(session) == ClosureStatus(True, DEFAULT_CLOSURE_LINK_TYPES, 3, 2)
         uninstall_tc(session)
         assert closure_status(session) == ClosureStatus(False, (), 0, 0)
         assert session.execute(select(DbSetting).where(DbSetting.key == CLOSURE_SETTING_KEY)).first() is None
     with installed.begin() as connection:
-        add_links(connection, [(c, a, "create")])  # triggers are gone: cycles and changes go unnoticed
+        insert_links(connection, [(c, a, "create")])  # triggers are gone: cycles and changes go unnoticed
         assert closure(connection) == {}
     with Session(installed) as session, pytest.raises(NotExistent):
         rebuild_tc(session)
@@ -360,7 +351,7 @@ def test_uninstall_and_rebuild(installed: Engine, nodes: list[int]) -> None:
     with installed.begin() as connection:
         assert assert_exact(connection)[(a, c)] == 1
         connection.execute(delete(PATHS))  # a damaged closure ...
-        add_links(connection, [(c, a, "create")])  # ... misses this cycle ...
+        insert_links(connection, [(c, a, "create")])  # ... misses this cycle ...
         connection.execute(delete(LINKS).where(LINKS.c.input_id == c))
     with Session(installed) as session:
         rebuild_tc(session)  # ... and a rebuild repairs it
@@ -417,7 +408,7 @@ def test_truncate_empties_the_closure(dialect: str, installed: Engine, nodes: li
     if dialect == "sqlite":
         pytest.skip("SQLite has no TRUNCATE")
     with installed.begin() as connection:
-        add_links(connection, [(nodes[0], nodes[1], "create")])
+        insert_links(connection, [(nodes[0], nodes[1], "create")])
     with installed.begin() as connection:  # not in the same transaction: the deferred foreign keys are pending
         assert closure(connection) == {(nodes[0], nodes[1]): 1}
         connection.exec_driver_sql("TRUNCATE db_dblink")
@@ -441,14 +432,14 @@ def test_concurrent_transactions_are_serialised(dialect: str, installed: Engine,
     errors: list[BaseException] = []
     try:
         first.begin()
-        add_links(first, [(a, b, "create")])  # T1 holds the closure lock until it commits
+        insert_links(first, [(a, b, "create")])  # T1 holds the closure lock until it commits
         second.begin()
         second.execute(select(func.count()).select_from(PATHS)).scalar_one()  # T2's snapshot predates T1's commit
         blocked = threading.Event()
 
         def run_second() -> None:
             try:
-                add_links(second, [(b, c, "create")])  # waits for T1's lock, then sees (a, b)
+                insert_links(second, [(b, c, "create")])  # waits for T1's lock, then sees (a, b)
                 blocked.set()
                 second.commit()
             except BaseException as error:  # noqa: BLE001 - reported below
@@ -491,13 +482,13 @@ def test_concurrent_cycle_is_rejected(dialect: str, installed: Engine, nodes: li
     a, b = nodes[:2]
     with installed.connect() as first, installed.connect() as second:
         first.begin()
-        add_links(first, [(a, b, "create")])
+        insert_links(first, [(a, b, "create")])
         second.begin()
         outcome: list[BaseException | None] = []
 
         def run_second() -> None:
             try:
-                add_links(second, [(b, a, "create")])
+                insert_links(second, [(b, a, "create")])
                 outcome.append(None)
             except BaseException as error:  # noqa: BLE001 - checked below
                 outcome.append(error)
@@ -520,11 +511,11 @@ def test_isolation_levels(dialect: str, installed: Engine, nodes: list[int]) -> 
     a, b, c = nodes[:3]
     with pytest.raises(NotSupportedError, match="REPEATABLE READ"):
         with installed.connect().execution_options(isolation_level="REPEATABLE READ") as connection, connection.begin():
-            add_links(connection, [(a, b, "create")])
+            insert_links(connection, [(a, b, "create")])
     with installed.connect().execution_options(isolation_level="REPEATABLE READ") as connection, connection.begin():
-        add_links(connection, [(a, b, "return")])  # uncovered links are not the closure's business
+        insert_links(connection, [(a, b, "return")])  # uncovered links are not the closure's business
     with installed.connect().execution_options(isolation_level="SERIALIZABLE") as connection, connection.begin():
-        add_links(connection, [(a, b, "create"), (b, c, "create")])
+        insert_links(connection, [(a, b, "create"), (b, c, "create")])
     with installed.connect() as connection:
         assert closure(connection) == {(a, b): 1, (b, c): 1, (a, c): 1}
 
@@ -570,7 +561,7 @@ class ClosureMachine(RuleBasedStateMachine):
     )
     def insert_links(self, new: list[tuple[int, int, str]]) -> None:
         edges = [(self.node_ids[u], self.node_ids[v], kind) for u, v, kind in new]
-        self._try([*self.links.values(), *edges], lambda connection: add_links(connection, edges))
+        self._try([*self.links.values(), *edges], lambda connection: insert_links(connection, edges))
 
     @precondition(lambda self: bool(self.links))
     @rule(data=st.data())
@@ -628,7 +619,7 @@ def test_install_rebuilds_the_closure_indexes_and_leaves_the_model_intact(instal
     must still create them for the next database."""
     a, b, c = nodes[:3]
     with installed.begin() as connection:
-        add_links(connection, [(a, b, "create"), (b, c, "input_calc")])
+        insert_links(connection, [(a, b, "create"), (b, c, "input_calc")])
     with Session(installed) as session:
         rebuild_tc(session)
     with installed.connect() as connection:

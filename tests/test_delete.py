@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert, select
 
 from aiida_sqla_plugin.backend import SqlaBackend
 from aiida_sqla_plugin.graph import delete_nodes, delete_nodes_and_connections_sqla, get_descendants
@@ -22,16 +22,7 @@ from aiida_sqla_plugin.models import (
     utc_now,
 )
 from aiida_sqla_plugin.utils import delete_nodes_and_connections_sqla as reexported
-
-
-def count(backend: SqlaBackend, entity: type, *where: object) -> int:
-    with backend.engine.connect() as connection:
-        return connection.execute(select(func.count()).select_from(entity).where(*where)).scalar_one()
-
-
-def ids(backend: SqlaBackend, column: object) -> set[int]:
-    with backend.engine.connect() as connection:
-        return set(connection.execute(select(column)).scalars())
+from helpers import count_rows, id_set, insert_links, insert_nodes, user_pk
 
 
 def add_nodes(backend: SqlaBackend, user: DbUser, number: int, node_type: str = "data.core.int.Int.") -> list[int]:
@@ -48,23 +39,14 @@ def add_nodes(backend: SqlaBackend, user: DbUser, number: int, node_type: str = 
         for _ in range(number)
     ]
     with backend.transaction() as session:
-        connection = session.connection()
-        before = connection.execute(select(func.coalesce(func.max(DbNode.id), 0))).scalar_one()
-        connection.execute(insert(DbNode.__table__), rows)
-        return list(connection.execute(select(DbNode.id).where(DbNode.id > before).order_by(DbNode.id)).scalars())
-
-
-def user_pk(backend: SqlaBackend) -> int:
-    with backend.engine.connect() as connection:
-        return connection.execute(select(DbUser.id)).scalar_one()
+        return insert_nodes(session.connection(), rows)
 
 
 def add_links(backend: SqlaBackend, links: list[tuple[int, int, str]]) -> None:
     with backend.transaction() as session:
-        session.connection().execute(
-            insert(DbLink.__table__),
-            [{"input_id": a, "output_id": b, "label": "link", "type": kind} for a, b, kind in links],
-        )
+        insert_links(session.connection(), links)
+
+
 
 
 def test_reexported_from_utils() -> None:
@@ -96,16 +78,16 @@ def test_removes_nodes_links_memberships_comments_logs_and_nothing_else(backend,
 
     delete_nodes_and_connections_sqla([calc, data_out], backend=backend)
 
-    assert ids(backend, DbNode.id) == {data_in, other_calc, other_data, unrelated}
+    assert id_set(backend, DbNode.id) == {data_in, other_calc, other_data, unrelated}
     with backend.engine.connect() as connection:
         links = set(connection.execute(select(DbLink.input_id, DbLink.output_id, DbLink.type)).all())
     # every link touching a deleted node is gone, even the one from a surviving calculation's input
     assert links == {(other_calc, other_data, "create"), (unrelated, other_calc, "input_calc")}
-    assert ids(backend, DbGroupNode.dbnode_id) == {unrelated}
-    assert ids(backend, DbGroup.id) == {group_id}
-    assert ids(backend, DbComment.dbnode_id) == {unrelated}
-    assert ids(backend, DbLog.dbnode_id) == {unrelated}
-    assert count(backend, DbUser) == 1
+    assert id_set(backend, DbGroupNode.dbnode_id) == {unrelated}
+    assert id_set(backend, DbGroup.id) == {group_id}
+    assert id_set(backend, DbComment.dbnode_id) == {unrelated}
+    assert id_set(backend, DbLog.dbnode_id) == {unrelated}
+    assert count_rows(backend, DbUser) == 1
 
 
 def test_empty_and_unknown_pks_are_noops(backend, user) -> None:
@@ -114,14 +96,14 @@ def test_empty_and_unknown_pks_are_noops(backend, user) -> None:
     delete_nodes_and_connections_sqla([], backend=backend)
     delete_nodes_and_connections_sqla(set(), backend=backend)
     delete_nodes_and_connections_sqla([max(nodes) + 1, max(nodes) + 1000], backend=backend)
-    assert ids(backend, DbNode.id) == set(nodes)
-    assert count(backend, DbLink) == 1
+    assert id_set(backend, DbNode.id) == set(nodes)
+    assert count_rows(backend, DbLink) == 1
 
 
 def test_uses_current_profile_by_default(backend, user) -> None:
     nodes = add_nodes(backend, user, 2)
     delete_nodes_and_connections_sqla(iter([nodes[0]]))  # any iterable; backend=None means the current profile
-    assert ids(backend, DbNode.id) == {nodes[1]}
+    assert id_set(backend, DbNode.id) == {nodes[1]}
 
 
 def test_rolls_back_with_the_callers_transaction(backend, user) -> None:
@@ -132,7 +114,7 @@ def test_rolls_back_with_the_callers_transaction(backend, user) -> None:
             raise RuntimeError("abort")
     except RuntimeError:
         pass
-    assert ids(backend, DbNode.id) == set(nodes)
+    assert id_set(backend, DbNode.id) == set(nodes)
 
 
 def test_more_than_seventy_thousand_pks(backend, user, dialect) -> None:
@@ -165,9 +147,9 @@ def test_more_than_seventy_thousand_pks(backend, user, dialect) -> None:
     delete_nodes_and_connections_sqla(doomed + [nodes[-1] + 10**6], backend=backend)
     finished = time.perf_counter()
 
-    assert ids(backend, DbNode.id) == set(kept)
-    assert count(backend, DbLink) == len(kept) // 3 * 2
-    assert count(backend, DbGroupNode) == len(nodes[70_500::2])
+    assert id_set(backend, DbNode.id) == set(kept)
+    assert count_rows(backend, DbLink) == len(kept) // 3 * 2
+    assert count_rows(backend, DbGroupNode) == len(nodes[70_500::2])
     print(  # shown with pytest -s
         f"\n[{dialect}] build {built - started:.2f}s, traverse {traversed - built:.2f}s, "
         f"delete 70,500 {finished - traversed:.2f}s"
@@ -198,4 +180,4 @@ def test_link_committed_while_deletion_waits_is_followed(backend, user, dialect)
     writer.close()
     thread.join(30)
     assert result["pks"] == {data, calc}
-    assert count(backend, DbNode, DbNode.id.in_([data, calc])) == 0
+    assert count_rows(backend, DbNode, DbNode.id.in_([data, calc])) == 0

@@ -26,9 +26,9 @@ from aiida_sqla_plugin.models import (
     DbNode,
     DbPath,
     DbSetting,
-    DbUser,
     utc_now,
 )
+from helpers import id_set, insert_links, user_pk
 
 #: The hand-built provenance graph: ``(input, output, link type)``.
 #: d_in feeds C1 (called by W1, which W0 calls) and C3 (called by W2, which W0 also calls); C1 creates d_out1
@@ -65,12 +65,6 @@ def node_type(name: str) -> str:
     return "process.calculation.calcjob.CalcJobNode."
 
 
-def user_pk(backend: SqlaBackend) -> int:
-    # through the engine: touching the expired ORM user would autobegin the scoped session's transaction
-    with backend.engine.connect() as connection:
-        return connection.execute(select(DbUser.id)).scalar_one()
-
-
 def add_nodes(backend: SqlaBackend, names: list[str]) -> dict[str, int]:
     """Store one node per name (Core executemany); return ``name -> pk``."""
     user_id, now = user_pk(backend), utc_now()
@@ -89,15 +83,7 @@ def add_nodes(backend: SqlaBackend, names: list[str]) -> dict[str, int]:
 
 def add_links(backend: SqlaBackend, links: list[tuple[int, int, str]]) -> None:
     with backend.transaction() as session:
-        session.connection().execute(
-            insert(DbLink.__table__),
-            [{"input_id": source, "output_id": target, "label": "l", "type": kind} for source, target, kind in links],
-        )
-
-
-def stored_ids(backend: SqlaBackend) -> set[int]:
-    with backend.engine.connect() as connection:
-        return set(connection.execute(select(DbNode.id)).scalars())
+        insert_links(session.connection(), links)
 
 
 class Graph:
@@ -116,7 +102,7 @@ class Graph:
         return {self.name[pk] for pk in pks}
 
     def remaining(self) -> set[str]:
-        return self.names(stored_ids(self.backend))
+        return self.names(id_set(self.backend))
 
 
 @pytest.fixture
@@ -235,8 +221,8 @@ def test_graph_change_during_confirmation_deletes_nothing(graph: Graph, caplog: 
     with caplog.at_level(logging.WARNING, logger="aiida_sqla_plugin.graph"):
         with pytest.raises(ConcurrentGraphChange):
             delete_nodes(graph.pks("d_out2") | {missing}, dry_run=use_it_meanwhile, backend=backend)
-    assert set(graph.pk.values()) < stored_ids(backend)
-    assert len(stored_ids(backend)) == len(NAMES) + 1
+    assert set(graph.pk.values()) < id_set(backend)
+    assert len(id_set(backend)) == len(NAMES) + 1
     assert len(caplog.records) == 1  # the missing pk is reported once
 
 

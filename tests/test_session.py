@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import aiida_sqla_plugin
 from aiida_sqla_plugin import Profile, get_engine, get_scoped_session, reset_session
 from aiida_sqla_plugin.session import SQLITE_BUSY_TIMEOUT_MS, get_current_profile
 
-import conftest
+from helpers import create_postgres_database, drop_postgres_database
 
 
 @pytest.fixture
@@ -25,14 +24,12 @@ def other_profile(dialect: str, tmp_path: Path) -> Iterator[Profile]:
     if dialect == "sqlite":
         yield Profile("other", "sqlalchemy", {"url": f"sqlite:///{tmp_path / 'other.sqlite'}"})
         return
-    name = f"aiida_sqla_test_{uuid.uuid4().hex[:12]}"
-    conftest._admin_execute(f'CREATE DATABASE "{name}"')
+    url = create_postgres_database()
     try:
-        url = conftest.PG_ADMIN_URL.set(database=name)
         yield Profile("other", "sqlalchemy", {"url": url.render_as_string(hide_password=False)})
     finally:
         aiida_sqla_plugin.dispose_engines()
-        conftest._admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_postgres_database(url)
 
 
 def database_identity(session: Session) -> str:

@@ -11,16 +11,7 @@ from aiida_sqla_plugin.backend import SqlaBackend
 from aiida_sqla_plugin.closure import closure_status, install_tc
 from aiida_sqla_plugin.exceptions import ValidationError
 from aiida_sqla_plugin.models import DbLink, DbNode, DbSetting, DbUser
-
-
-def committed(backend: SqlaBackend, model: type) -> int:
-    """Rows of ``model`` that another connection sees (committed ones)."""
-    with backend.engine.connect() as connection:
-        return int(connection.execute(select(func.count()).select_from(model)).scalar_one())
-
-
-def nodes(user_id: int, n: int) -> list[dict[str, object]]:
-    return [{"node_type": "data.core.int.Int.", "user_id": user_id} for _ in range(n)]
+from helpers import count_rows, node_rows
 
 
 class Boom(Exception):
@@ -30,39 +21,39 @@ class Boom(Exception):
 def test_a_session_that_read_before_sees_the_new_rows(backend, user):
     session = backend.get_session()
     assert session.scalar(select(func.count()).select_from(DbNode)) == 0  # a read: SQLite takes a snapshot
-    ids = backend.bulk_insert(DbNode, nodes(user.id, 3))
+    ids = backend.bulk_insert(DbNode, node_rows(user.id, 3))
     assert session.scalar(select(func.count()).select_from(DbNode)) == 3
     assert set(session.scalars(select(DbNode.id))) == set(ids)
-    assert committed(backend, DbNode) == 3  # no transaction of the caller's was open: the call committed
+    assert count_rows(backend, DbNode) == 3  # no transaction of the caller's was open: the call committed
 
 
 def test_rows_are_visible_in_the_block_and_roll_back_with_it(backend, user):
     with pytest.raises(Boom), backend.transaction() as session:
-        ids = backend.bulk_insert(DbNode, nodes(user.id, 4))
+        ids = backend.bulk_insert(DbNode, node_rows(user.id, 4))
         assert set(session.scalars(select(DbNode.id))) == set(ids)
-        assert committed(backend, DbNode) == 0
+        assert count_rows(backend, DbNode) == 0
         raise Boom
-    assert committed(backend, DbNode) == 0
+    assert count_rows(backend, DbNode) == 0
     assert backend.get_session().scalar(select(func.count()).select_from(DbNode)) == 0
 
 
 def test_two_bulk_inserts_in_one_block_commit_together(backend, user):
     with backend.transaction():
-        data, calc = backend.bulk_insert(DbNode, nodes(user.id, 2))
+        data, calc = backend.bulk_insert(DbNode, node_rows(user.id, 2))
         backend.bulk_insert(DbLink, [{"input_id": data, "output_id": calc, "label": "x", "type": "input_calc"}])
-        assert committed(backend, DbNode) == 0 and committed(backend, DbLink) == 0
-    assert committed(backend, DbNode) == 2 and committed(backend, DbLink) == 1
+        assert count_rows(backend, DbNode) == 0 and count_rows(backend, DbLink) == 0
+    assert count_rows(backend, DbNode) == 2 and count_rows(backend, DbLink) == 1
     assert graph.get_ancestors([calc]) == {data}
 
 
 def test_an_invalid_call_in_a_block_undoes_only_itself(backend, user):
     with backend.transaction():
-        backend.bulk_insert(DbNode, nodes(user.id, 2))
+        backend.bulk_insert(DbNode, node_rows(user.id, 2))
         with pytest.raises(ValidationError):
             backend.bulk_insert(DbLink, [{"input_id": 10**9, "output_id": 1, "label": "x", "type": "create"}])
         with pytest.raises(ValidationError, match="refused"):
             backend.bulk_insert(DbUser, [{"email": user.email}])  # unique violation raised by the database
-    assert committed(backend, DbNode) == 2 and committed(backend, DbLink) == 0
+    assert count_rows(backend, DbNode) == 2 and count_rows(backend, DbLink) == 0
 
 
 def test_rows_may_refer_to_pending_orm_objects(backend, user):
@@ -70,26 +61,26 @@ def test_rows_may_refer_to_pending_orm_objects(backend, user):
         node = DbNode(node_type="data.core.int.Int.", user_id=user.id)
         session.add(node)  # not flushed: bulk_insert flushes it
         session.flush()
-        (other,) = backend.bulk_insert(DbNode, nodes(user.id, 1))
+        (other,) = backend.bulk_insert(DbNode, node_rows(user.id, 1))
         backend.bulk_insert(DbLink, [{"input_id": node.id, "output_id": other, "label": "x", "type": "create"}])
-    assert committed(backend, DbLink) == 1
+    assert count_rows(backend, DbLink) == 1
 
 
 def test_an_explicitly_begun_session_transaction_is_the_callers(backend, user):
     session = backend.get_session()
     session.commit()
     with session.begin():
-        backend.bulk_insert(DbNode, nodes(user.id, 2))
-        assert committed(backend, DbNode) == 0
-    assert committed(backend, DbNode) == 2
+        backend.bulk_insert(DbNode, node_rows(user.id, 2))
+        assert count_rows(backend, DbNode) == 0
+    assert count_rows(backend, DbNode) == 2
     session.begin()
-    backend.bulk_insert(DbNode, nodes(user.id, 2))
+    backend.bulk_insert(DbNode, node_rows(user.id, 2))
     session.rollback()
-    assert committed(backend, DbNode) == 2
+    assert count_rows(backend, DbNode) == 2
 
 
 def test_closure_functions_follow_the_rule(backend, user):
-    data, calc = backend.bulk_insert(DbNode, nodes(user.id, 2))
+    data, calc = backend.bulk_insert(DbNode, node_rows(user.id, 2))
     backend.bulk_insert(DbLink, [{"input_id": data, "output_id": calc, "label": "x", "type": "create"}])
     session = backend.get_session()
     with pytest.raises(Boom), backend.transaction():
@@ -101,15 +92,15 @@ def test_closure_functions_follow_the_rule(backend, user):
         install_tc(session)
         install_tc(session, ("create",))  # twice in one transaction: the work tables are made anew
     assert closure_status(session).link_types == ("create",)
-    assert committed(backend, DbSetting) >= 1
+    assert count_rows(backend, DbSetting) >= 1
 
 
 def test_graph_deletion_joins_the_callers_block(backend, user):
-    (pk,) = backend.bulk_insert(DbNode, nodes(user.id, 1))
+    (pk,) = backend.bulk_insert(DbNode, node_rows(user.id, 1))
     with pytest.raises(Boom), backend.transaction():
         graph.delete_nodes([pk], dry_run=False)
         raise Boom
-    assert committed(backend, DbNode) == 1
+    assert count_rows(backend, DbNode) == 1
 
 
 @pytest.fixture
@@ -137,7 +128,7 @@ def test_sqlite_read_then_write_after_another_commit_is_locked(sqlite_backend, u
         _write_from_another_connection(backend, user_id)
         session.add(DbNode(node_type="data.core.int.Int.", user_id=user_id))
         session.flush()  # the write lock cannot be taken on a stale snapshot: fails at once
-    assert committed(backend, DbNode) == 1
+    assert count_rows(backend, DbNode) == 1
 
 
 def test_sqlite_write_blocks_and_library_calls_do_not_meet_it(sqlite_backend, user):
@@ -146,8 +137,8 @@ def test_sqlite_write_blocks_and_library_calls_do_not_meet_it(sqlite_backend, us
     session = backend.get_session()
     session.scalar(select(func.count()).select_from(DbNode))  # an implicit read transaction of the session
     _write_from_another_connection(backend, user_id)
-    backend.bulk_insert(DbNode, nodes(user_id, 2))  # commits that read transaction first, then begins IMMEDIATE
+    backend.bulk_insert(DbNode, node_rows(user_id, 2))  # commits that read transaction first, then begins IMMEDIATE
     with backend.transaction(write=True) as session:
         session.scalar(select(func.count()).select_from(DbNode))
         session.add(DbNode(node_type="data.core.int.Int.", user_id=user_id))
-    assert committed(backend, DbNode) == 4
+    assert count_rows(backend, DbNode) == 4

@@ -1,0 +1,79 @@
+"""Helpers shared by the test modules: PostgreSQL test databases, row builders, counts and id sets.
+
+Counts and id sets read through a connection of their own, so they see committed rows only.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import create_engine, func, insert, select, text
+from sqlalchemy.engine import URL, Connection, make_url
+
+from aiida_sqla_plugin.backend import SqlaBackend
+from aiida_sqla_plugin.models import DbLink, DbNode, DbUser
+
+PG_ADMIN_URL = make_url(os.environ.get("AIIDA_SQLA_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"))
+#: ``(input_id, output_id, link type)``
+Edge = tuple[int, int, str]
+
+
+def admin_execute(statement: str) -> None:
+    """Run one statement on the PostgreSQL server's admin database, outside a transaction."""
+    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(text(statement))
+    finally:
+        engine.dispose()
+
+
+def create_postgres_database() -> URL:
+    """A new, empty PostgreSQL database with a unique name; drop it with :func:`drop_postgres_database`."""
+    name = f"aiida_sqla_test_{uuid.uuid4().hex[:12]}"
+    admin_execute(f'CREATE DATABASE "{name}"')
+    return PG_ADMIN_URL.set(database=name)
+
+
+def drop_postgres_database(url: URL) -> None:
+    admin_execute(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
+
+
+def count_rows(backend: SqlaBackend, model: type, *where: object) -> int:
+    """Committed rows of ``model`` (matching ``where``)."""
+    with backend.engine.connect() as connection:
+        return int(connection.execute(select(func.count()).select_from(model).where(*where)).scalar_one())  # type: ignore[arg-type]
+
+
+def id_set(backend: SqlaBackend, column: Any = DbNode.id) -> set[int]:
+    """The committed values of ``column`` (default: every node id)."""
+    with backend.engine.connect() as connection:
+        return set(connection.execute(select(column)).scalars())
+
+
+def user_pk(backend: SqlaBackend) -> int:
+    """The id of the one stored user, read through the engine (touching an expired ORM user would autobegin)."""
+    with backend.engine.connect() as connection:
+        return int(connection.execute(select(DbUser.id)).scalar_one())
+
+
+def node_rows(user_id: int, n: int, **extra: Any) -> list[dict[str, Any]]:
+    """``n`` rows of integer data nodes for ``bulk_insert``, with ``attributes = {"value": i}``."""
+    return [{"node_type": "data.core.int.Int.", "user_id": user_id, "attributes": {"value": i}, **extra} for i in range(n)]
+
+
+def insert_nodes(connection: Connection, rows: list[dict[str, Any]]) -> list[int]:
+    """Store node rows with one Core executemany; returns their ids in order."""
+    first = connection.execute(select(func.coalesce(func.max(DbNode.id), 0))).scalar_one()
+    connection.execute(insert(DbNode.__table__), rows)  # type: ignore[arg-type]
+    ids = list(connection.execute(select(DbNode.id).where(DbNode.id > first).order_by(DbNode.id)).scalars())
+    assert len(ids) == len(rows)
+    return ids
+
+
+def insert_links(connection: Connection, edges: Iterable[Edge]) -> None:
+    """Store links with one Core executemany, labelled ``l<input>_<output>``."""
+    rows = [{"input_id": u, "output_id": v, "type": kind, "label": f"l{u}_{v}"} for u, v, kind in edges]
+    connection.execute(insert(DbLink.__table__), rows)  # type: ignore[arg-type]
