@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 
 import platformdirs
 
-from .exceptions import ConfigurationError, NotExistent, ValidationError
+from .exceptions import ConfigurationError, NotExistent, OptionConflict, ValidationError
+from .plugins import require_installed
 from .profile import BACKEND_NAME, Profile, database_url, sqlite_path
 
 try:
@@ -34,6 +35,7 @@ except ImportError:  # pragma: no cover - Windows: atomic replace still holds, c
     fcntl = None  # type: ignore[assignment]
 
 __all__ = (
+    "build_profile",
     "CONFIG_DIR_ENV",
     "CONFIG_FILENAME",
     "DATA_DIR_ENV",
@@ -95,6 +97,47 @@ def prepare_sqlite_storage(profile: Profile) -> Profile:
     else:
         config["database_name"] = str(path)
     return Profile(profile.name, profile.storage_backend, config)
+
+
+def build_profile(
+    name: str,
+    *,
+    url: str | None = None,
+    engine: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    database: str | None = None,
+    storage_backend: str = BACKEND_NAME,
+) -> Profile:
+    """A new profile from a URL, or from an engine (``postgresql``/``sqlite``) and its parts; not yet saved.
+
+    Without ``url`` and ``engine`` it gets a SQLite file in the user data directory. :class:`OptionConflict` when
+    the parts contradict each other, :class:`ConfigurationError` when ``storage_backend`` is not installed. A SQLite
+    file path is made absolute and its directory created.
+    """
+    validate_profile_name(name)
+    parts = {"--host": host, "--port": port, "--user": user, "--password": password, "--database": database}
+    if url and (engine or any(value is not None for value in parts.values())):
+        raise OptionConflict("give either --url or --engine with --host/--port/--user/--password/--database, not both")
+    if url:
+        storage_config: dict[str, Any] = {"url": url}
+    elif engine == "postgresql":
+        if not database:
+            raise OptionConflict("--engine postgresql needs --database NAME")
+        storage_config = {
+            "database_engine": "postgresql_psycopg2", "database_hostname": host, "database_port": port,
+            "database_username": user, "database_password": password, "database_name": database,
+        }
+    elif engine in (None, "sqlite"):
+        if engine is None and any(value is not None for value in parts.values()):
+            raise OptionConflict("--host/--port/--user/--password/--database need --engine (or use --url)")
+        storage_config = {"url": f"sqlite:///{database or default_sqlite_path(name)}"}
+    else:
+        raise OptionConflict(f"unknown engine {engine!r}; choose postgresql or sqlite")
+    require_installed(storage_backend)
+    return prepare_sqlite_storage(Profile(name, storage_backend, storage_config))
 
 
 def validate_profile_name(name: str) -> str:

@@ -8,6 +8,7 @@ __all__ = (
     "DatabaseMigrationError",
     "IncompatibleDatabaseSchema",
     "NotExistent",
+    "OptionConflict",
     "SchemaAhead",
     "SchemaBehind",
     "UnreachableStorage",
@@ -26,6 +27,10 @@ class NotExistent(AiidaSqlaError):
 
 class ValidationError(AiidaSqlaError, ValueError):
     """An argument or value failed validation; nothing was written."""
+
+
+class OptionConflict(ValidationError):
+    """The parts given to build something (e.g. a profile) contradict each other or miss a required one."""
 
 
 class ConfigurationError(AiidaSqlaError):

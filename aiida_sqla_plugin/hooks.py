@@ -12,9 +12,10 @@ from sqlalchemy.orm import Session, scoped_session
 from . import session as session_module
 from .backend import SqlaBackend
 from .hookspecs import hookimpl
-from .manager import SqlaBackendManager, SqlaSettingsManager
+from .manager import SqlaBackendManager
 from .profile import BACKEND_NAME, ProfileLike
 from .queries import SqlaQueryManager
+from .settings import SqlaSettingsManager
 
 #: The entry-point name under which this backend is registered.
 

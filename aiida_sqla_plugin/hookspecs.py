@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, scoped_session
 
     from .backend import SqlaBackend
-    from .manager import SqlaBackendManager, SqlaSettingsManager
+    from .manager import SqlaBackendManager
+    from .settings import SqlaSettingsManager
     from .profile import ProfileLike
     from .queries import SqlaQueryManager
 

@@ -17,7 +17,7 @@ from . import hookspecs
 from .exceptions import ConfigurationError
 from .profile import ProfileLike
 
-__all__ = ("LoadedBackend", "installed_backends", "load_backend", "plugin_manager")
+__all__ = ("LoadedBackend", "installed_backends", "load_backend", "plugin_manager", "require_installed")
 
 _fork_hooks_registered: set[str] = set()
 _fork_lock = threading.Lock()
@@ -28,6 +28,17 @@ def installed_backends() -> list[str]:
     return sorted({ep.name for ep in entry_points(group=hookspecs.ENTRY_POINT_GROUP)})
 
 
+def require_installed(backend_name: str) -> Any:
+    """The entry point of the storage backend ``backend_name``; :class:`ConfigurationError` listing the installed ones."""
+    found = list(entry_points(group=hookspecs.ENTRY_POINT_GROUP, name=backend_name))
+    if not found:
+        raise ConfigurationError(
+            f"no storage backend {backend_name!r} is installed (entry-point group {hookspecs.ENTRY_POINT_GROUP!r}); "
+            f"installed: {', '.join(installed_backends()) or 'none'}; set the profile's storage_backend to one of them"
+        )
+    return found[0]
+
+
 def plugin_manager(backend_name: str) -> pluggy.PluginManager:
     """A plugin manager holding the hook specs and the one backend ``backend_name``, checked.
 
@@ -36,13 +47,7 @@ def plugin_manager(backend_name: str) -> pluggy.PluginManager:
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
-    found = list(entry_points(group=hookspecs.ENTRY_POINT_GROUP, name=backend_name))
-    if not found:
-        raise ConfigurationError(
-            f"no storage backend {backend_name!r} is installed (entry-point group {hookspecs.ENTRY_POINT_GROUP!r}); "
-            f"installed: {', '.join(installed_backends()) or 'none'}; set the profile's storage_backend to one of them"
-        )
-    entry_point = found[0]
+    entry_point = require_installed(backend_name)
     try:
         plugin = entry_point.load()
     except Exception as error:  # noqa: BLE001 - any import failure of a third-party plugin

@@ -18,6 +18,7 @@ __all__ = (
     "database_url",
     "describe_url",
     "engine_kwargs",
+    "masked_storage_config",
     "sqlite_file",
     "sqlite_path",
 )
@@ -146,3 +147,16 @@ def describe_url(url: URL) -> str:
     host = url.host or "the local socket"
     port = f":{url.port}" if url.port else (":5432" if url.host else "")
     return f"PostgreSQL database {url.database!r} on {host}{port} as {url.username or 'the current user'}"
+
+
+def masked_storage_config(profile: ProfileLike) -> dict[str, Any]:
+    """The profile's storage config for display: the URL's password and ``database_password`` hidden."""
+    config = dict(profile.storage_config)
+    if config.get("url"):
+        try:
+            config["url"] = make_url(str(config["url"])).render_as_string(hide_password=True)
+        except ArgumentError:
+            pass  # not a URL: shown as stored, it holds no recognisable password
+    if config.get("database_password"):
+        config["database_password"] = "***"
+    return config

@@ -15,7 +15,7 @@ from .exceptions import NotExistent, ValidationError
 from .models import DbSetting, dialect_insert, table_of, utc_now
 from .profile import ProfileLike
 
-__all__ = ("Setting", "SqlaSettingsManager", "json_text", "validate_setting_key")
+__all__ = ("Setting", "SqlaSettingsManager", "json_text", "list_settings", "validate_setting_key")
 
 
 @dataclass(frozen=True)
@@ -147,3 +147,13 @@ class SqlaSettingsManager:
             result = connection.execute(delete(table).where(table.c.key == key))
         if result.rowcount == 0:
             raise NotExistent(f"no setting with key {key!r}")
+
+
+def list_settings(engine: Engine) -> list[Setting]:
+    """Every stored setting, ordered by key."""
+    table = DbSetting.__table__
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(table.c.key, table.c.val, table.c.description, table.c.time).order_by(table.c.key)
+        ).all()
+    return [Setting(row.key, row.val, row.description, row.time) for row in rows]

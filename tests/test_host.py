@@ -19,7 +19,8 @@ from sqlalchemy.orm import scoped_session
 import aiida_sqla_plugin
 from aiida_sqla_plugin import hooks, hookspecs
 from aiida_sqla_plugin.backend import SqlaBackend
-from aiida_sqla_plugin.manager import SqlaBackendManager, SqlaSettingsManager
+from aiida_sqla_plugin.manager import SqlaBackendManager
+from aiida_sqla_plugin.settings import SqlaSettingsManager
 from aiida_sqla_plugin.queries import SqlaQueryManager
 
 import host_stub

@@ -10,7 +10,8 @@ import aiida_sqla_plugin
 from aiida_sqla_plugin import Profile, get_current_profile, get_engine
 from aiida_sqla_plugin.backend import SqlaBackend, get_backend
 from aiida_sqla_plugin.exceptions import IncompatibleDatabaseSchema, UnreachableStorage, ValidationError
-from aiida_sqla_plugin.manager import SCHEMA_GENERATION_KEY, SqlaBackendManager, SqlaSettingsManager, new_alembic_config
+from aiida_sqla_plugin.manager import SCHEMA_GENERATION_KEY, SqlaBackendManager, new_alembic_config
+from aiida_sqla_plugin.settings import SqlaSettingsManager
 from aiida_sqla_plugin.models import DbUser
 from aiida_sqla_plugin.queries import SqlaQueryManager
 

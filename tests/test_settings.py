@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from aiida_sqla_plugin import get_engine
 from aiida_sqla_plugin.backend import SqlaBackend
 from aiida_sqla_plugin.exceptions import NotExistent, ValidationError
-from aiida_sqla_plugin.manager import Setting, SqlaSettingsManager
+from aiida_sqla_plugin.settings import Setting, SqlaSettingsManager
 from aiida_sqla_plugin.models import DbSetting
 
 
