@@ -301,7 +301,9 @@ def to_digraph(neighbourhood: Neighbourhood, legend: bool = True) -> graphviz.Di
         attributes = dict(NODE_STYLES[node.kind])
         if node.start:
             attributes.update(START_STYLE)
-        digraph.node(node_name(node.pk), "\n".join(node.lines()), tooltip=node.node_type, **attributes)
+        # DOT's own line break (backslash n) keeps each statement on one line; literal backslashes are doubled.
+        label = "\\n".join(line.replace("\\", "\\\\") for line in node.lines())
+        digraph.node(node_name(node.pk), label, tooltip=node.node_type, **attributes)
     for edge in neighbourhood.edges:
         digraph.edge(node_name(edge.source), node_name(edge.target), label=edge.label,
                      tooltip=edge.link_type, **EDGE_STYLES[edge.link_type])
