@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import case, select
 
 from .exceptions import DrawingTooLarge, MissingDependency, NotExistent, ValidationError
-from .graph import LINK_TYPES, _ids, _validate_depth, _validate_link_types, get_ancestors, get_descendants
+from .graph import _ids, _validate_depth, get_ancestors, get_descendants
+from .links import LINK_TYPES
+from .links import validate_link_types as _validate_link_types
 from .models import DbLink, DbNode
 from .sql import id_select
 

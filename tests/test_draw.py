@@ -19,7 +19,8 @@ from sqlalchemy import select
 from aiida_sqla_plugin import draw
 from aiida_sqla_plugin.backend import SqlaBackend
 from aiida_sqla_plugin.exceptions import AiidaSqlaError, DrawingTooLarge, MissingDependency, NotExistent, ValidationError
-from aiida_sqla_plugin.graph import LINK_TYPES, get_ancestors, get_descendants
+from aiida_sqla_plugin.graph import get_ancestors, get_descendants
+from aiida_sqla_plugin.links import LINK_TYPES
 from aiida_sqla_plugin.models import DbLink, DbNode
 from aiida_sqla_plugin.plot import daily_counts, plot_creation_statistics
 from aiida_sqla_plugin.synthetic import SyntheticGraph, build_graph
@@ -275,3 +276,35 @@ def test_days_without_nodes_count_as_zero() -> None:
     many = {"ctime_by_day_and_type": {"2024-01-01": {f"data.t{i}.T{i}.": i + 1 for i in range(10)}}}
     _, grouped = daily_counts(many)
     assert len(grouped) == 8 and grouped["other"] == [1 + 2 + 3] and sum(v[0] for v in grouped.values()) == 55
+
+
+def test_cli_draw_and_plot(backend: SqlaBackend, demo: SyntheticGraph, tmp_path: Path,
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from aiida_sqla_plugin.cli import cli
+    from aiida_sqla_plugin.config import CONFIG_DIR_ENV, DATA_DIR_ENV
+
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path / "config"))
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    url = backend.engine.url.render_as_string(hide_password=False)
+
+    def run(*args: str, code: int = 0) -> str:
+        result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+        assert result.exit_code == code, result.output + result.stderr
+        return result.stdout + result.stderr
+
+    run("profile", "create", "p", "--url", url)
+    pk = busy_calculation(backend, demo)
+    nodes, edges = expected(backend, {pk}, 2, 1, LINK_TYPES)
+    out = run("graph", "draw", str(pk), "--ancestors", "2", "--format", "json", "-o", "n.json")
+    assert f"{len(nodes)} node(s), {len(edges)} link(s)" in out
+    data = json.loads((tmp_path / "n.json").read_text())
+    assert {node["id"] for node in data["nodes"]} == nodes
+    run("graph", "draw", str(pk))
+    assert ElementTree.parse(tmp_path / f"{pk}.svg").getroot().tag == f"{SVG}svg"
+    refused = run("graph", "draw", str(pk), "--ancestors", "2", "--max-nodes", "2", code=6)
+    assert f"would hold {len(nodes)} nodes" in refused and not (tmp_path / f"{pk}.dot").exists()
+    run("storage", "info", "--plot", "created.png")
+    assert png_size(tmp_path / "created.png") == (1200, 600)
