@@ -6,7 +6,9 @@ __all__ = (
     "ConfigurationError",
     "CorruptStorage",
     "DatabaseMigrationError",
+    "DrawingTooLarge",
     "IncompatibleDatabaseSchema",
+    "MissingDependency",
     "NotExistent",
     "OptionConflict",
     "SchemaAhead",
@@ -66,3 +68,16 @@ def error_line(error: BaseException | None) -> str:
     cause = getattr(error, "orig", None) or error
     lines = str(cause).strip().splitlines()
     return lines[0] if lines else type(cause).__name__
+
+
+class DrawingTooLarge(AiidaSqlaError):
+    """A requested picture would hold more nodes than allowed; nothing was drawn."""
+
+    def __init__(self, message: str, node_count: int, max_nodes: int) -> None:
+        super().__init__(message)
+        self.node_count = node_count
+        self.max_nodes = max_nodes
+
+
+class MissingDependency(AiidaSqlaError):
+    """An optional package or program a feature needs is not installed; the message says how to install it."""

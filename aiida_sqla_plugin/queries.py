@@ -28,25 +28,29 @@ class SqlaQueryManager:
         return func.to_char(func.timezone(literal_column("'UTC'"), DbNode.ctime), "YYYY-MM-DD")
 
     def get_creation_statistics(self, user_pk: int | None = None) -> dict[str, Any]:
-        """Count nodes: ``{"total": n, "types": {node_type: n}, "ctime_by_day": {"YYYY-MM-DD": n}}``.
+        """Count nodes: ``{"total": n, "types": {node_type: n}, "ctime_by_day": {"YYYY-MM-DD": n},
+        "ctime_by_day_and_type": {"YYYY-MM-DD": {node_type: n}}}``.
 
         Days are UTC days on every dialect; days without nodes are absent. ``user_pk`` restricts to that user.
-        Two aggregate queries, whatever the number of nodes.
+        One aggregate query (grouped by day and type), whatever the number of nodes.
         """
         engine = self._backend.engine
         condition = [DbNode.user_id == user_pk] if user_pk is not None else []
         day = self._utc_day(engine.dialect.name).label("day")
+        statement = (
+            select(day, DbNode.node_type, func.count())
+            .where(*condition)
+            .group_by(day, DbNode.node_type)
+            .order_by(day, DbNode.node_type)
+        )
+        types: dict[str, int] = {}
+        by_day: dict[str, int] = {}
+        by_day_and_type: dict[str, dict[str, int]] = {}
         with engine.connect() as connection:
-            types = {
-                node_type: count
-                for node_type, count in connection.execute(
-                    select(DbNode.node_type, func.count()).where(*condition).group_by(DbNode.node_type)
-                )
-            }
-            by_day = {
-                str(day_value): count
-                for day_value, count in connection.execute(
-                    select(day, func.count()).where(*condition).group_by(day).order_by(day)
-                )
-            }
-        return {"total": sum(types.values()), "types": types, "ctime_by_day": by_day}
+            for day_value, node_type, count in connection.execute(statement):
+                key = str(day_value)
+                types[node_type] = types.get(node_type, 0) + count
+                by_day[key] = by_day.get(key, 0) + count
+                by_day_and_type.setdefault(key, {})[node_type] = count
+        return {"total": sum(types.values()), "types": types, "ctime_by_day": by_day,
+                "ctime_by_day_and_type": by_day_and_type}

@@ -43,7 +43,8 @@ def tz_backend(database_url: URL, dialect: str, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_empty_database(backend: SqlaBackend):
-    assert SqlaQueryManager(backend).get_creation_statistics() == {"total": 0, "types": {}, "ctime_by_day": {}}
+    assert SqlaQueryManager(backend).get_creation_statistics() == {
+        "total": 0, "types": {}, "ctime_by_day": {}, "ctime_by_day_and_type": {}}
 
 
 def test_utc_days_near_midnight_in_other_time_zones(tz_backend: SqlaBackend, dialect: str):
@@ -68,18 +69,23 @@ def test_utc_days_near_midnight_in_other_time_zones(tz_backend: SqlaBackend, dia
         "total": 5,
         "types": {INT: 3, CALC: 2},
         "ctime_by_day": {"2024-03-01": 1, "2024-03-02": 2, "2024-03-03": 1, "2024-03-06": 1},
+        "ctime_by_day_and_type": {"2024-03-01": {INT: 1}, "2024-03-02": {CALC: 1, INT: 1}, "2024-03-03": {CALC: 1},
+                                  "2024-03-06": {INT: 1}},
     }
     assert manager.get_creation_statistics(user_pk=first) == {
         "total": 3,
         "types": {INT: 2, CALC: 1},
         "ctime_by_day": {"2024-03-01": 1, "2024-03-02": 1, "2024-03-03": 1},
+        "ctime_by_day_and_type": {"2024-03-01": {INT: 1}, "2024-03-02": {INT: 1}, "2024-03-03": {CALC: 1}},
     }
     assert manager.get_creation_statistics(user_pk=second) == {
         "total": 2,
         "types": {INT: 1, CALC: 1},
         "ctime_by_day": {"2024-03-02": 1, "2024-03-06": 1},
+        "ctime_by_day_and_type": {"2024-03-02": {CALC: 1}, "2024-03-06": {INT: 1}},
     }
-    assert manager.get_creation_statistics(user_pk=second + 100) == {"total": 0, "types": {}, "ctime_by_day": {}}
+    assert manager.get_creation_statistics(user_pk=second + 100) == {
+        "total": 0, "types": {}, "ctime_by_day": {}, "ctime_by_day_and_type": {}}
 
 
 def test_days_are_ordered_and_match_the_synthetic_spread(backend: SqlaBackend):

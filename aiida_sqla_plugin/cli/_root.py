@@ -23,6 +23,7 @@ from ..config import ConfigFile
 from ..exceptions import (
     AiidaSqlaError,
     CorruptStorage,
+    DrawingTooLarge,
     OptionConflict,
     SchemaAhead,
     SchemaBehind,
@@ -44,6 +45,7 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_MIGRATION_NEEDED = 4
 EXIT_AHEAD = 5
+EXIT_TOO_LARGE = 6
 #: Exit codes of every command, as documented in ``--help`` and the README.
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success (storage version: the database schema matches the code)",
@@ -52,6 +54,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_UNREACHABLE: "the database is unreachable or corrupt",
     EXIT_MIGRATION_NEEDED: "the database needs a migration (also when it was never initialised)",
     EXIT_AHEAD: "the database schema is ahead of this code",
+    EXIT_TOO_LARGE: "graph draw: the picture would exceed --max-nodes (nothing drawn)",
 }
 STATE_EXIT_CODES: dict[SchemaState, int] = {
     SchemaState.COMPATIBLE: EXIT_OK,
@@ -229,6 +232,7 @@ ERROR_EXIT_CODES: tuple[tuple[type[BaseException] | tuple[type[BaseException], .
     ((CorruptStorage, UnreachableStorage, sa_exc.OperationalError, sa_exc.DatabaseError), EXIT_UNREACHABLE),
     (SchemaBehind, EXIT_MIGRATION_NEEDED),
     (OptionConflict, EXIT_USAGE),
+    (DrawingTooLarge, EXIT_TOO_LARGE),
 )
 
 

@@ -1,6 +1,8 @@
 """``aiida-sqla storage ...``: migrate, version, status, info, reset and offline SQL of a profile's database."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ..maintenance import reset_storage
@@ -124,18 +126,26 @@ def storage_status() -> None:
 
 
 @storage_group.command("info")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also draw nodes created per UTC day, stacked by type, into this file (e.g. created.png; matplotlib).")
 @json_option
 @common_options
-def storage_info(as_json: bool) -> None:
+def storage_info(plot_path: Path | None, as_json: bool) -> None:
     """Print counts of every entity, creation statistics, schema revision and database size.
 
     \b
     Example:
       aiida-sqla -p work storage info --json
+      aiida-sqla -p work storage info --plot created.png
     """
     state = get_state()
     backend = state.backend()
     data = reports.storage_info(backend, state.loaded().query_manager(backend))
+    if plot_path is not None:
+        from ..plot import plot_creation_statistics  # noqa: PLC0415 - matplotlib is optional and slow to import
+
+        plot_creation_statistics(data["creation_statistics"], plot_path)
+        click.echo(f"Wrote the creation plot to {plot_path}", err=True)
     if as_json:
         emit_json(data)
         return
