@@ -356,7 +356,7 @@ def _complete(connection: Connection, selection: _Selection) -> None:
 # ------------------------------------------------------------------------------------------ streaming
 
 
-def _batches(connection: Connection, table: Table, key: Column[Any], ids: set[int] | None) -> Iterator[list[Any]]:
+def _batches(connection: Connection, table: Table, key: Column[Any], ids: set[int] | None) -> Iterator[Sequence[Any]]:
     """Rows of ``table`` (archive column order) whose ``key`` is in ``ids`` (all when None), in batches."""
     columns = _source_columns(table)
     dialect = connection.dialect.name
@@ -416,7 +416,9 @@ ObjectOpener = Callable[[str], "IO[bytes] | None"]
 def _object_opener(backend: SqlaBackend) -> ObjectOpener | None:
     """A function opening an object of the backend's object store by key, or None when the store is unavailable."""
     try:
-        from .. import objectstore  # noqa: PLC0415 - optional until the object store exists
+        import importlib  # noqa: PLC0415
+
+        objectstore: Any = importlib.import_module("aiida_sqla_plugin.objectstore")  # optional until it exists
     except ImportError:
         return None
     store: Any = objectstore.object_store_for(backend.profile)
@@ -441,7 +443,6 @@ def _write_tables(
     progress: ProgressCallback | None,
 ) -> None:
     """Copy every selected row into the archive database; collect the repository keys of the nodes."""
-    dialect = connection.dialect.name
     user, computer, node_table = table_of(DbUser), table_of(DbComputer), table_of(DbNode)
     group, member, link = table_of(DbGroup), table_of(DbGroupNode), table_of(DbLink)
     comment, log = table_of(DbComment), table_of(DbLog)
@@ -482,7 +483,6 @@ def _write_tables(
     for table in (comment, log):
         for rows in _batches(connection, table, table.c.dbnode_id, nodes):
             database.write(table, rows)
-    del dialect
 
 
 def _metadata(counts: Mapping[str, int], nodes: Iterable[int] | None, groups: Sequence[str] | None, everything: bool) -> dict[str, Any]:
