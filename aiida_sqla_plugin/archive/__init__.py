@@ -1,0 +1,6 @@
+"""AiiDA archives in and out of a profile, and copying a profile's storage to another profile."""
+from __future__ import annotations
+
+from ._export import EXPORT_TRAVERSAL, ArchiveExportError, ExportReport, export_archive
+
+__all__ = ("EXPORT_TRAVERSAL", "ArchiveExportError", "ExportReport", "export_archive")
