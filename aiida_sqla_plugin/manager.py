@@ -274,6 +274,8 @@ class SqlaBackendManager:
             session_module.check_connection(profile)
         except UnreachableStorage as error:
             return report(SchemaState.UNREACHABLE, str(error))
+        except CorruptStorage as error:
+            return report(SchemaState.CORRUPT, str(error))
         except exc.DatabaseError:
             pass  # not a database at all: reported as corrupt below
         try:
@@ -281,6 +283,8 @@ class SqlaBackendManager:
                 revision = self._database_revision(connection)
                 tables = set(inspect(connection).get_table_names())
                 generation = self._database_generation(connection, tables)
+        except CorruptStorage as error:
+            return report(SchemaState.CORRUPT, str(error))
         except exc.DatabaseError as error:
             reason = error_line(error)
             return report(
