@@ -438,9 +438,14 @@ class SqlaBackendManager:
         try:
             command.upgrade(config, "head")
         except Exception as error:
+            kept = (
+                "nothing of this migration was kept (one transaction)"
+                if outer_transaction
+                else "the revision that failed was rolled back, the ones before it stay applied"
+            )
             raise DatabaseMigrationError(
-                f"Profile {self.profile.name!r}: migration from {current} failed ({error}); the revision that "
-                "failed was rolled back; fix the cause and run the migration again."
+                f"Profile {self.profile.name!r}: migration from {current} failed ({error}); {kept}; fix the cause "
+                "and run the migration again."
             ) from error
 
     def _create_schema(self, connection: Connection, head: str) -> None:

@@ -118,6 +118,8 @@ def _check_object(instance: object, new: bool) -> None:
             json_text(value, what)
         elif isinstance(column_type, String) and isinstance(value, str):
             check_text(value, what)
+            if column_type.length is not None and len(value) > column_type.length:
+                raise ValidationError(f"{what} is longer than {column_type.length} characters ({len(value)})")
 
 
 def validate_flush(session: Session, flush_context: UOWTransaction, instances: object) -> None:
