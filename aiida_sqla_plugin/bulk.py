@@ -49,6 +49,7 @@ from .models import (
 from .progress import ProgressCallback, report
 from .session import transaction
 from .sql import id_select
+from .values import TextProblem, text_problem
 
 if TYPE_CHECKING:
     from .backend import SqlaBackend
@@ -154,16 +155,6 @@ def _resolve(entity: type[Base] | str) -> type[Base]:
     return model
 
 
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, Mapping):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return any(_has_nul(v) for v in value)
-    return False
-
-
 def _copy_escape(value: str) -> str:
     if "\\" in value or "\n" in value or "\r" in value or "\t" in value:
         return value.translate(_COPY_ESCAPES)
@@ -206,8 +197,9 @@ def _converter(field: _Field, dialect: Dialect, for_copy: bool) -> Callable[[Any
                 raise _Invalid(f"must be a string, got {type(value).__name__}")
             if max_length is not None and len(value) > max_length:
                 raise _Invalid(f"is longer than {max_length} characters ({len(value)})")
-            if "\x00" in value:
-                raise _Invalid("contains a NUL character, which PostgreSQL cannot store")
+            problem = text_problem(value)
+            if problem is not None:
+                raise _Invalid(problem)
             return _copy_escape(value) if for_copy else value
 
         return convert_str
@@ -265,10 +257,11 @@ def _converter(field: _Field, dialect: Dialect, for_copy: bool) -> Callable[[Any
             return empty
         try:
             serialised: str = bind(value) if bind is not None else value
+        except ValidationError as error:
+            cause = error.__cause__
+            raise _Invalid(str(cause) if isinstance(cause, TextProblem) else f"is not valid JSON ({cause})") from None
         except (TypeError, ValueError) as error:
             raise _Invalid(f"is not valid JSON ({error})") from None
-        if "\\u0000" in serialised and _has_nul(value):
-            raise _Invalid("contains a NUL character, which PostgreSQL cannot store")
         return _copy_escape(serialised) if for_copy else serialised
 
     return convert_json

@@ -48,7 +48,11 @@ class IncompatibleDatabaseSchema(AiidaSqlaError):
 
 
 class DatabaseMigrationError(AiidaSqlaError):
-    """A migration could not be carried out; the database was left unchanged."""
+    """A migration could not be carried out.
+
+    The revision that failed was rolled back; on PostgreSQL the revisions before it stay applied (each runs in a
+    transaction of its own), on SQLite the whole migration is one transaction and nothing of it stays.
+    """
 
 
 class SchemaBehind(IncompatibleDatabaseSchema):

@@ -274,6 +274,8 @@ class SqlaBackendManager:
             session_module.check_connection(profile)
         except UnreachableStorage as error:
             return report(SchemaState.UNREACHABLE, str(error))
+        except CorruptStorage as error:
+            return report(SchemaState.CORRUPT, str(error))
         except exc.DatabaseError:
             pass  # not a database at all: reported as corrupt below
         try:
@@ -281,6 +283,8 @@ class SqlaBackendManager:
                 revision = self._database_revision(connection)
                 tables = set(inspect(connection).get_table_names())
                 generation = self._database_generation(connection, tables)
+        except CorruptStorage as error:
+            return report(SchemaState.CORRUPT, str(error))
         except exc.DatabaseError as error:
             reason = error_line(error)
             return report(
@@ -434,9 +438,14 @@ class SqlaBackendManager:
         try:
             command.upgrade(config, "head")
         except Exception as error:
+            kept = (
+                "nothing of this migration was kept (one transaction)"
+                if outer_transaction
+                else "the revision that failed was rolled back, the ones before it stay applied"
+            )
             raise DatabaseMigrationError(
-                f"Profile {self.profile.name!r}: migration from {current} failed ({error}); the revision that "
-                "failed was rolled back; fix the cause and run the migration again."
+                f"Profile {self.profile.name!r}: migration from {current} failed ({error}); {kept}; fix the cause "
+                "and run the migration again."
             ) from error
 
     def _create_schema(self, connection: Connection, head: str) -> None:

@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import create_engine, event, exc
-from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext
 from sqlalchemy.orm import Session, SessionTransactionOrigin, scoped_session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
-from .exceptions import ConfigurationError, UnreachableStorage, error_line
+from . import values
+from .exceptions import ConfigurationError, CorruptStorage, UnreachableStorage, error_line
 from .profile import ProfileLike, database_url, describe_url, engine_kwargs
 
 __all__ = (
@@ -46,6 +47,8 @@ __all__ = (
 
 #: Milliseconds a SQLite connection waits for another process's write lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 60_000
+#: Words in a sqlite3 error that mean the file is damaged, not busy.
+_CORRUPT_MARKERS = ("malformed", "not a database", "corrupt")
 #: Execution option naming the SQLite ``BEGIN`` mode of a connection (``DEFERRED`` unless set).
 SQLITE_BEGIN_OPTION = "aiida_sqlite_begin"
 #: Key in ``Session.info`` counting the :func:`transaction` blocks open on that session.
@@ -69,12 +72,14 @@ _inherited: list[object] = []
 
 
 def json_dumps(value: Any) -> str:
-    """Serialise a JSON column value; NaN and infinity are refused as they are not JSON."""
-    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    """Serialise a JSON column value so that it reads back equal (see :func:`values.json_text`)."""
+    return values.json_text(value, "a JSON column value")
 
 
 def _new_registry(engine: Engine) -> scoped_session[Session]:
-    return scoped_session(sessionmaker(bind=engine, expire_on_commit=True))
+    factory = sessionmaker(bind=engine, expire_on_commit=True)
+    values.install(factory)
+    return scoped_session(factory)
 
 
 def _ping(engine: Engine, dbapi_connection: Any) -> None:
@@ -131,8 +136,9 @@ def _switch_to_wal(cursor: Any) -> None:
             raise
 
 
-def _configure_sqlite(engine: Engine) -> None:
-    """Foreign keys, WAL, a busy timeout, and transactions that begin (deferred) when SQLAlchemy says so."""
+def _configure_sqlite(engine: Engine, profile_name: str) -> None:
+    """Foreign keys, WAL, a busy timeout, transactions that begin (deferred) when SQLAlchemy says so, and
+    :class:`CorruptStorage` for a file that is not a (readable) database."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -145,6 +151,18 @@ def _configure_sqlite(engine: Engine) -> None:
             cursor.execute("PRAGMA synchronous=NORMAL")
         finally:
             cursor.close()
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> None:
+        error = context.original_exception
+        # Plain DatabaseError (not one of its subclasses) is how sqlite3 reports a file it cannot read.
+        if type(error) is sqlite3.DatabaseError or isinstance(error, sqlite3.OperationalError) and any(
+            marker in str(error) for marker in _CORRUPT_MARKERS
+        ):
+            raise CorruptStorage(
+                f"Profile {profile_name!r}: the {describe_url(engine.url)} cannot be read ({error}); restore it from a "
+                "backup or point the profile at another database"
+            ) from context.sqlalchemy_exception
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
@@ -170,7 +188,7 @@ def create_profile_engine(profile: ProfileLike) -> Engine:
         raise ConfigurationError(f"Profile {profile.name!r}: invalid engine_kwargs ({error}).") from error
     _install_fork_guard(engine, pre_ping)
     if url.get_backend_name() == "sqlite":
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, profile.name)
     return engine
 
 

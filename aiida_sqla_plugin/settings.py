@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +13,10 @@ from . import session as session_module
 from .exceptions import NotExistent, ValidationError
 from .models import DbSetting, dialect_insert, table_of, utc_now
 from .profile import ProfileLike
+from .values import check_text, json_text
+
+#: Longest setting key the column holds.
+MAX_KEY_LENGTH = 1024
 
 __all__ = ("Setting", "SqlaSettingsManager", "json_text", "list_settings", "validate_setting_key")
 
@@ -36,51 +39,12 @@ def validate_setting_key(key: object) -> str:
         raise ValidationError("setting key must not be empty")
     if "." in key:
         raise ValidationError(f"setting key {key!r} must not contain '.'; use '_' or '|' to structure keys")
+    if len(key) > MAX_KEY_LENGTH:
+        raise ValidationError(f"setting key is longer than {MAX_KEY_LENGTH} characters ({len(key)})")
+    check_text(key, "setting key")
     return key
 
 
-def json_text(value: Any, what: str = "value") -> str:
-    """Serialise a setting value so that it reads back equal, on SQLite and in PostgreSQL's JSONB.
-
-    Only dicts with string keys, lists, strings, ints, finite floats, bools and None are accepted (a tuple or an
-    int key would come back changed); strings may not hold NUL, which JSONB cannot store. An integral float is
-    written with its digits and ``.0`` (``1e+20`` -> ``100000000000000000000.0``): JSONB keeps that scale, where
-    it would give ``1e+20`` back as an int.
-    """
-    try:
-        return _json_text(value)
-    except (TypeError, ValueError, RecursionError) as error:
-        raise ValidationError(
-            f"{what} is not storable JSON ({error}); use dicts with string keys, lists, strings without NUL, "
-            "numbers (no NaN or infinity), bools or None"
-        ) from error
-
-
-def _json_text(value: Any) -> str:
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError("a string contains the NUL character")
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, int):
-        return int.__repr__(value)
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ValueError(f"{value!r} is not a JSON number")
-        if value.is_integer() and abs(value) >= 1e16:
-            return f"{int(value)}.0"
-        return float.__repr__(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_json_text(item) for item in value) + "]"
-    if isinstance(value, dict):
-        items = []
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"dict key {key!r} is not a string")
-            items.append(f"{_json_text(key)}: {_json_text(item)}")
-        return "{" + ", ".join(items) + "}"
-    raise TypeError(f"{type(value).__name__} is not a JSON type")
 
 
 class SqlaSettingsManager:
@@ -121,6 +85,8 @@ class SqlaSettingsManager:
         """Create or replace ``key`` in one statement; ``description=None`` keeps the stored description."""
         validate_setting_key(key)
         text_value = json_text(value, f"value of setting {key!r}")
+        if description is not None:
+            check_text(description, f"description of setting {key!r}")
         self.validate_table_existence()
         engine = self.engine
         # The value is bound as the JSON text made above, not re-serialised by the column type.

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select, text
 
 from aiida_sqla_plugin.backend import SqlaBackend
 from aiida_sqla_plugin.graph import delete_nodes, delete_nodes_and_connections_sqla, get_descendants
@@ -117,8 +117,9 @@ def test_rolls_back_with_the_callers_transaction(backend, user) -> None:
     assert id_set(backend, DbNode.id) == set(nodes)
 
 
+@pytest.mark.slow
 def test_more_than_seventy_thousand_pks(backend, user, dialect) -> None:
-    """No statement grows with the input: 72,000 pks (beyond both drivers' parameter limits) in a few seconds."""
+    """No statement grows with the input: 72,000 pks, beyond both drivers' parameter limits (timings: benchmarks)."""
     started = time.perf_counter()
     nodes = add_nodes(backend, user, 72_000)
     # chains of three: data -input_calc-> calc -create-> data; the first 70,500 nodes are deleted
@@ -154,7 +155,6 @@ def test_more_than_seventy_thousand_pks(backend, user, dialect) -> None:
         f"\n[{dialect}] build {built - started:.2f}s, traverse {traversed - built:.2f}s, "
         f"delete 70,500 {finished - traversed:.2f}s"
     )
-    assert finished - traversed < 30
 
 
 def test_link_committed_while_deletion_waits_is_followed(backend, user, dialect):
@@ -174,8 +174,18 @@ def test_link_committed_while_deletion_waits_is_followed(backend, user, dialect)
 
     thread = threading.Thread(target=delete)
     thread.start()
-    time.sleep(0.5)
-    assert thread.is_alive(), "the deletion must wait for the uncommitted link writer"
+    writer_pid = writer.scalar(text("SELECT pg_backend_pid()"))
+    deadline = time.monotonic() + 30
+    with backend.engine.connect() as observer:  # the deletion's lock request waits on the writer's transaction
+        while not observer.scalar(
+            text("SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> :writer AND pid IN "
+                 "(SELECT pid FROM pg_stat_activity WHERE datname = current_database())"),
+            {"writer": writer_pid},
+        ):
+            assert thread.is_alive() and time.monotonic() < deadline, "the deletion must wait for the link writer"
+            time.sleep(0.02)
+            observer.rollback()
+    assert thread.is_alive()
     writer.commit()
     writer.close()
     thread.join(30)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -26,7 +27,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from aiida_sqla_plugin import Profile, get_engine, get_scoped_session, get_session_factory, recreate_after_fork
+from aiida_sqla_plugin import Profile, get_engine, plugins, get_scoped_session, get_session_factory, recreate_after_fork
 from aiida_sqla_plugin.backend import SqlaBackend
 from aiida_sqla_plugin.models import DbUser
 from aiida_sqla_plugin.session import SQLITE_BEGIN_OPTION, create_profile_engine
@@ -34,6 +35,29 @@ from aiida_sqla_plugin.session import SQLITE_BEGIN_OPTION, create_profile_engine
 from host_stub import Host, fork_hooks_suspended
 
 CHILD_TIMEOUT = 60.0
+#: Set to a test's node id in the fresh interpreter that runs that test alone.
+FRESH_INTERPRETER = "AIIDA_SQLA_TEST_FRESH_INTERPRETER"
+
+
+def ran_in_fresh_interpreter(request: pytest.FixtureRequest) -> bool:
+    """Run this test again in a new interpreter and return True once it passed there (the caller returns).
+
+    Tests of forks that bypass the hooks must not profit from a fork callback that earlier tests (the CLI's)
+    registered for good with ``os.register_at_fork``; in the new interpreter nothing registered one but the
+    host stub, whose hooks the test suspends. Inside that interpreter this returns False and the body runs.
+    """
+    nodeid = request.node.nodeid
+    if os.environ.get(FRESH_INTERPRETER) == nodeid:
+        assert not plugins._fork_hooks_registered, "the library's fork callback must not be registered here"
+        return False
+    environment = {**os.environ, FRESH_INTERPRETER: nodeid}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", nodeid],
+        cwd=request.config.rootpath, env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, f"{nodeid} failed in a fresh interpreter:\n{result.stdout}\n{result.stderr}"
+    assert "1 passed" in result.stdout, result.stdout
+    return True
 
 
 @pytest.fixture
@@ -144,7 +168,9 @@ def test_multiprocessing_children_write_parent_commits_after(
     assert emails(parent) == {"tester@example.org", "parent@example.org"} | {f"worker{i}@example.org" for i in range(3)}
 
 
-def test_fork_bypassing_hooks_uses_the_session_pid_guard(backend: SqlaBackend, user: DbUser, host: Host, dialect: str) -> None:
+def test_fork_bypassing_hooks_uses_the_session_pid_guard(backend: SqlaBackend, user: DbUser, host: Host, dialect: str, request: pytest.FixtureRequest) -> None:
+    if ran_in_fresh_interpreter(request):
+        return
     parent = open_parent_transaction(dialect)
     with fork_hooks_suspended():
         pid = fork(child_writes(parent, "unhooked@example.org"))
@@ -153,8 +179,10 @@ def test_fork_bypassing_hooks_uses_the_session_pid_guard(backend: SqlaBackend, u
     assert "unhooked@example.org" in emails(parent)
 
 
-def test_fork_bypassing_hooks_uses_the_pool_pid_guard(backend: SqlaBackend, user: DbUser, host: Host, dialect: str) -> None:
+def test_fork_bypassing_hooks_uses_the_pool_pid_guard(backend: SqlaBackend, user: DbUser, host: Host, dialect: str, request: pytest.FixtureRequest) -> None:
     """A child that only uses an engine object from before the fork gets a new connection from its pool."""
+    if ran_in_fresh_interpreter(request):
+        return
     engine = get_engine()
     with engine.connect() as connection:  # leaves a connection checked in, in the parent's pool
         pooled = connection.connection.dbapi_connection
@@ -198,24 +226,41 @@ def test_sqlite_children_write_after_parent_released_the_write_lock(backend: Sql
 
 @pytest.mark.parametrize("dialect", ["sqlite"], indirect=True)
 def test_sqlite_child_forked_during_a_write_cannot_write(backend: SqlaBackend, user: DbUser, host: Host) -> None:
-    """SQLite's limit, pinned: its lock state lives in process memory, so never fork while holding the write lock."""
+    """SQLite's limit, pinned: its lock state lives in process memory, so never fork while holding the write lock.
+
+    The child waits until the parent has committed (a pipe says so), checks that it sees the committed row, and
+    only then fails to write: the write lock the parent released after the fork is still held in the child's
+    inherited lock state.
+    """
     parent = get_scoped_session()
     parent.add(DbUser(email="parent@example.org"))
     parent.flush()  # takes the write lock
+    committed_read, committed_write = os.pipe()
 
     def child() -> None:
+        os.close(committed_write)
+        with os.fdopen(committed_read) as committed:
+            assert committed.read() == "committed"
         session = get_scoped_session()
         session.connection().exec_driver_sql("PRAGMA busy_timeout=300")
-        time.sleep(0.2)  # the parent commits meanwhile
+        assert "parent@example.org" in emails(session)  # the parent's commit is visible: the lock was released
+        session.rollback()
         with pytest.raises(OperationalError, match="database is locked"):
             session.execute(DbUser.__table__.insert().values(email="x@example.org", first_name="", last_name="", institution=""))
 
     pid = fork(child)
+    os.close(committed_read)
     parent.commit()
+    with os.fdopen(committed_write, "w") as committed:
+        committed.write("committed")
     assert wait_for(pid) == 0
+    parent.add(DbUser(email="after@example.org"))
+    parent.commit()  # the parent itself still writes
 
 
-def test_recreate_after_fork_of_an_engine_the_backend_does_not_manage(profile: Profile, dialect: str) -> None:
+def test_recreate_after_fork_of_an_engine_the_backend_does_not_manage(profile: Profile, dialect: str, request: pytest.FixtureRequest) -> None:
+    if ran_in_fresh_interpreter(request):
+        return
     engine = create_profile_engine(profile)
     try:
         with engine.connect() as connection:

@@ -403,7 +403,6 @@ def test_closure_table_answers_when_installed_for_the_same_link_types(graph: Gra
     assert get_ancestors(graph.pks("d_out2"), link_types=("create",), backend=backend) == graph.pks("C2")
 
 
-@pytest.mark.skipif(not hasattr(closure, "install_tc"), reason="closure.install_tc is not written yet")
 def test_same_answers_with_and_without_the_closure(graph: Graph) -> None:
     backend = graph.backend
     types = ("create", "input_calc")

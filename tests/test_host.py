@@ -4,8 +4,10 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import signal
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -256,10 +258,19 @@ def test_hook_aiida_after_fork_in_child(migrated_host: Host) -> None:
     parent_session.scalar(text("SELECT 1"))
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
-        ok = backend.session_factory is not parent_registry and backend.get_session() is not parent_session
-        ok = ok and backend.get_session().scalar(text("SELECT 1")) == 1
-        os._exit(0 if ok else 1)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+        ok = False
+        try:
+            ok = backend.session_factory is not parent_registry and backend.get_session() is not parent_session
+            ok = ok and backend.get_session().scalar(text("SELECT 1")) == 1
+        finally:  # the child must never return into pytest, whatever happens
+            os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 60
+    while not (waited := os.waitpid(pid, os.WNOHANG))[0]:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child did not finish within 60 s")
+        time.sleep(0.01)
+    assert os.waitstatus_to_exitcode(waited[1]) == 0
     assert backend.session_factory is parent_registry
     assert parent_session.scalar(text("SELECT 2")) == 2  # the parent's session and connection are untouched
