@@ -3,6 +3,7 @@ from __future__ import annotations
 
 __all__ = (
     "AiidaSqlaError",
+    "BackupError",
     "ConfigurationError",
     "CorruptStorage",
     "DatabaseMigrationError",
@@ -10,6 +11,7 @@ __all__ = (
     "NotExistent",
     "SchemaAhead",
     "SchemaBehind",
+    "StorageInUse",
     "UnreachableStorage",
     "ValidationError",
 )
@@ -53,3 +55,11 @@ class SchemaAhead(IncompatibleDatabaseSchema):
 
 class CorruptStorage(IncompatibleDatabaseSchema):
     """The database cannot be read as a storage of this plugin (not a database, foreign tables, wrong generation)."""
+
+
+class BackupError(AiidaSqlaError):
+    """A backup is incomplete, damaged or cannot be made or restored; the message says what to do."""
+
+
+class StorageInUse(AiidaSqlaError):
+    """An operation needs the storage alone, but another process uses it."""
