@@ -199,3 +199,120 @@ def test_maintain_full_reclaims_space_after_deleting_half(backend: SqlaBackend):
     assert done.bytes_reclaimed > 0 and done.size_after < done.size_before
     assert maintain(backend).bytes_reclaimed >= 0
     assert count_entities(backend.engine)["nodes"] == 2000
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_backup_verify_restore_integrity_maintain(backend: SqlaBackend, dialect: str, tmp_path: Path,
+                                                      request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    from click.testing import CliRunner
+
+    from aiida_sqla_plugin.cli import cli
+    from aiida_sqla_plugin.config import CONFIG_DIR_ENV, ConfigFile
+
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path / "config"))
+    build_graph(backend, 100, seed=3)
+    config = ConfigFile()
+    config.add_profile(aiida_sqla_plugin.Profile("work", "sqlalchemy", dict(backend.profile.storage_config)), make_default=True)
+    config.add_profile(_target(dialect, tmp_path, request))
+
+    def invoke(*args: str, code: int = 0):
+        result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+        assert result.exit_code == code, result.output
+        return result
+
+    invoke("storage", "backup", str(tmp_path / "b"), "--keep", "2")
+    last = tmp_path / "b" / LAST_BACKUP_LINK
+    assert "matches its manifest" in invoke("storage", "backup", "--verify", str(last)).output
+    invoke("storage", "backup", code=2)
+    invoke("storage", "restore", str(last), "--to", "restored")
+    invoke("storage", "restore", str(last), "--to", "restored", code=1)
+    assert json.loads(invoke("storage", "integrity", "--json").output) == {"clean": True, "findings": []}
+    assert json.loads(invoke("-p", "restored", "storage", "integrity", "--json").output)["clean"]
+    _raw(backend, ["UPDATE db_dbnode SET node_type = 'weird.' WHERE id = (SELECT min(id) FROM db_dbnode)"])
+    assert "unknown_node_type: 1" in invoke("storage", "integrity", code=1).output
+    report = json.loads(invoke("storage", "maintain", "--dry-run", "--json").output)
+    assert report["dry_run"] is True
+    assert "reclaimed" in invoke("storage", "maintain", "--full").output
+
+
+# ---------------------------------------------------------------------------------------------------- writers
+
+_WRITER = """
+import sys, time
+import aiida_sqla_plugin
+from aiida_sqla_plugin.backend import SqlaBackend
+from aiida_sqla_plugin.models import DbLink, DbNode
+profile = aiida_sqla_plugin.Profile("w", "sqlalchemy", {"url": sys.argv[1]})
+aiida_sqla_plugin.reset_session(profile)
+backend = SqlaBackend(profile)
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    # one transaction: a calculation, its input and its output with both links, never half of it
+    try:
+        data, calc, out = backend.bulk_insert(DbNode, [
+            {"node_type": "data.core.int.Int.", "user_id": 1},
+            {"node_type": "process.calculation.calcjob.CalcJobNode.", "user_id": 1},
+            {"node_type": "data.core.int.Int.", "user_id": 1},
+        ])
+    except Exception as error:
+        print("writer:", error, file=sys.stderr)
+        time.sleep(0.05)
+        continue
+    try:
+        backend.bulk_insert(DbLink, [{"input_id": data, "output_id": calc, "label": "x", "type": "input_calc"},
+                                     {"input_id": calc, "output_id": out, "label": "y", "type": "create"}])
+    except Exception:
+        time.sleep(0.05)
+"""
+
+
+@pytest.mark.slow
+def test_backup_while_four_writers_run(backend: SqlaBackend, user, dialect: str, tmp_path: Path, request: pytest.FixtureRequest):
+    import subprocess
+    import sys
+    import time
+
+    url = backend.profile.storage_config["url"]
+    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, url, "10"]) for _ in range(4)]
+    try:
+        deadline = time.monotonic() + 60
+        while count_entities(backend.engine)["nodes"] < 30 and time.monotonic() < deadline:
+            time.sleep(0.2)  # the writers have started
+        before = count_entities(backend.engine)["nodes"]
+        folder = backup(backend.profile, tmp_path / "b")
+    finally:
+        for writer in writers:
+            writer.wait(timeout=120)
+    after = count_entities(backend.engine)["nodes"]
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    assert before <= manifest["counts"]["nodes"] <= after
+    assert before > 0 and after > manifest["counts"]["nodes"]  # the writers went on during and after the backup
+    target = _target(dialect, tmp_path, request)
+    restore(folder, target)
+    restored = SqlaBackend(target)
+    assert count_entities(restored.engine) == manifest["counts"]
+    assert check_integrity(restored) == []
+    # consistent: node triples were committed whole (each bulk_insert is one transaction)
+    assert manifest["counts"]["nodes"] % 3 == 0
+
+
+def test_killed_backup_leaves_nothing_that_looks_complete(backend: SqlaBackend, tmp_path: Path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    build_graph(backend, 3000, seed=1)
+    script = (
+        "import sys, aiida_sqla_plugin\n"
+        "from aiida_sqla_plugin.maintenance import backup\n"
+        "backup(aiida_sqla_plugin.Profile('k', 'sqlalchemy', {'url': sys.argv[1]}), sys.argv[2])\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script, backend.profile.storage_config["url"], str(tmp_path / "b")])
+    time.sleep(0.3)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert list_backups(tmp_path / "b") == []
+    assert not (tmp_path / "b" / LAST_BACKUP_LINK).exists()
