@@ -316,3 +316,18 @@ def test_killed_backup_leaves_nothing_that_looks_complete(backend: SqlaBackend, 
     process.wait()
     assert list_backups(tmp_path / "b") == []
     assert not (tmp_path / "b" / LAST_BACKUP_LINK).exists()
+
+
+def test_an_older_pg_dump_is_refused_naming_the_package(backend: SqlaBackend, dialect: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch):
+    if dialect != "postgresql":
+        pytest.skip("pg_dump is used for PostgreSQL only")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    fake = tools / "pg_dump"
+    fake.write_text("#!/bin/sh\necho 'pg_dump (PostgreSQL) 9.6.24'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(BackupError, match=r"postgresql-client-\d+"):
+        backup(backend.profile, tmp_path / "b")
+    assert list_backups(tmp_path / "b") == [] and not any((tmp_path / "b").iterdir())

@@ -67,8 +67,9 @@ def _client_major(tool: str) -> tuple[int, str]:
     if path is None:
         raise BackupError(f"{tool} is not installed; install the Debian package postgresql-client-NN of the server's major version")
     output = subprocess.run([path, "--version"], capture_output=True, text=True, check=True).stdout.strip()
-    match = re.search(r"(\d+)(?:\.\d+)?", output.split(")")[-1]) or re.search(r"(\d+)", output)
-    assert match is not None
+    match = re.search(r"\(PostgreSQL\)\s*(\d+)", output) or re.search(r"(\d+)", output)
+    if match is None:
+        raise BackupError(f"cannot read the version of {path} ({output!r}); install postgresql-client-NN of the server's version")
     return int(match.group(1)), output
 
 
