@@ -3,6 +3,7 @@ from __future__ import annotations
 
 __all__ = (
     "AiidaSqlaError",
+    "BackupError",
     "ConfigurationError",
     "CorruptStorage",
     "DatabaseMigrationError",
@@ -13,6 +14,7 @@ __all__ = (
     "OptionConflict",
     "SchemaAhead",
     "SchemaBehind",
+    "StorageInUse",
     "UnreachableStorage",
     "ValidationError",
     "error_line",
@@ -85,3 +87,9 @@ class DrawingTooLarge(AiidaSqlaError):
 
 class MissingDependency(AiidaSqlaError):
     """An optional package or program a feature needs is not installed; the message says how to install it."""
+class BackupError(AiidaSqlaError):
+    """A backup is incomplete, damaged or cannot be made or restored; the message says what to do."""
+
+
+class StorageInUse(AiidaSqlaError):
+    """An operation needs the storage alone, but another process uses it."""

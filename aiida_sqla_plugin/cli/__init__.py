@@ -9,6 +9,7 @@ from ._root import EXIT_CODES, cli, main
 from .alembic import alembic_command
 from .demo import demo
 from .graph import graph_group
+from .maintenance import storage_backup  # noqa: F401 - registers backup/restore/integrity/maintain on 'storage'
 from .node import node_group
 from .profile import profile_group
 from .setting import setting_group
