@@ -51,9 +51,12 @@ def ran_in_fresh_interpreter(request: pytest.FixtureRequest) -> bool:
         assert not plugins._fork_hooks_registered, "the library's fork callback must not be registered here"
         return False
     environment = {**os.environ, FRESH_INTERPRETER: nodeid}
+    # ``python -m`` puts its working directory first on sys.path: run it from tests/, so the new interpreter
+    # imports the installed package (as the suite does), not the source tree, whose layout differs from it.
+    tests = request.config.rootpath / "tests"
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", nodeid],
-        cwd=request.config.rootpath, env=environment, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(request.config.rootpath / nodeid)],
+        cwd=tests, env=environment, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, f"{nodeid} failed in a fresh interpreter:\n{result.stdout}\n{result.stderr}"
     assert "1 passed" in result.stdout, result.stdout
