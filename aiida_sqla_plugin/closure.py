@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import column, delete, func, insert, select, table
@@ -32,13 +32,14 @@ from .links import DEFAULT_CLOSURE_LINK_TYPES, validate_link_types
 from .models import DbLink, DbPath, DbSetting, dialect_insert, table_of, utc_now
 from .progress import ProgressCallback, report
 from .session import transaction
-from .sql import string_select
+from .sql import id_select, string_select
 
 __all__ = (
     "CLOSURE_SETTING_KEY",
     "CYCLE_MESSAGE",
     "ClosureStatus",
     "closure_status",
+    "delete_closed_nodes",
     "get_pg_tc",
     "install_tc",
     "installed_link_types",
@@ -558,6 +559,44 @@ def uninstall_tc(session: Session) -> None:
         connection.execute(delete(table_of(DbPath)))
         settings = table_of(DbSetting)
         connection.execute(delete(settings).where(settings.c.key == CLOSURE_SETTING_KEY))
+
+
+def delete_closed_nodes(connection: Connection, pks: set[int], delete_rows: Callable[[], None]) -> bool:
+    """Run ``delete_rows`` (deleting the nodes ``pks`` and their links) with one set-based closure update if possible.
+
+    When no covered link leads from a node of ``pks`` to a node outside it (AiiDA's default deletion rules
+    guarantee that), no surviving pair has a path through a deleted node, so the closure loses exactly the pairs
+    whose descendant is deleted: the per-link triggers are switched off for this transaction's deletion and those
+    pairs go in one statement. Returns False (and runs nothing) when the closure is not installed or ``pks`` is not
+    closed under covered descendants; the caller then deletes through the triggers, which recount exactly.
+    Runs in the caller's transaction; on PostgreSQL the caller must hold a lock excluding other link writers.
+    """
+    types = installed_link_types(connection)
+    if types is None or not pks:
+        return False
+    dialect = connection.dialect.name
+    links, paths = table_of(DbLink), table_of(DbPath)
+    escaping = select(links.c.id).where(
+        links.c.type.in_(string_select(dialect, types)),
+        links.c.input_id.in_(id_select(dialect, pks)),
+        links.c.output_id.not_in(id_select(dialect, pks)),
+    )
+    if connection.execute(escaping.limit(1)).first() is not None:
+        return False
+    names = _default_names()
+    _lock(connection, dialect, names)
+    if dialect == "postgresql":
+        # DISABLE TRIGGER is transactional and needs the SHARE ROW EXCLUSIVE lock the caller already holds.
+        connection.exec_driver_sql(f"ALTER TABLE {names.links} DISABLE TRIGGER {names.obj('delete')}")
+        delete_rows()
+        connection.exec_driver_sql(f"ALTER TABLE {names.links} ENABLE TRIGGER {names.obj('delete')}")
+    else:
+        # SQLite's DDL is transactional too: drop the row triggers, delete, and create them again.
+        _execute_script(connection, _sqlite_drop_statements(names))
+        delete_rows()
+        _execute_script(connection, _sqlite_statements(names, tuple(sorted(types))))
+    connection.execute(delete(paths).where(paths.c.child_id.in_(id_select(dialect, pks))))
+    return True
 
 
 def rebuild_tc(session: Session, progress: ProgressCallback | None = None) -> None:

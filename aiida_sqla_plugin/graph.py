@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstrumentedAttribute
 
 from .backend import SqlaBackend, get_backend
-from .closure import installed_link_types
+from .closure import delete_closed_nodes, installed_link_types
 from .exceptions import AiidaSqlaError, ValidationError
 from .links import DEFAULT_CLOSURE_LINK_TYPES, validate_link_types
 from .models import DbGroup, DbGroupNode, DbLink, DbNode, DbPath, table_of
@@ -119,7 +119,16 @@ def _existing(
 
 
 def _delete_rows(connection: Connection, pks: set[int]) -> None:
-    """Delete the nodes ``pks``, their links in both directions and group memberships (comments, logs cascade)."""
+    """Delete the nodes ``pks``, their links in both directions and group memberships (comments, logs cascade).
+
+    With the closure installed and ``pks`` closed under covered descendants, the closure loses the deleted
+    nodes' pairs in one statement instead of a recount per deleted link (:func:`delete_closed_nodes`).
+    """
+    if not delete_closed_nodes(connection, pks, lambda: _delete_plain(connection, pks)):
+        _delete_plain(connection, pks)
+
+
+def _delete_plain(connection: Connection, pks: set[int]) -> None:
     dialect = _dialect(connection)
     link = table_of(DbLink)
     connection.execute(delete(link).where(link.c.input_id.in_(id_select(dialect, pks))))

@@ -17,6 +17,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,8 @@ __all__ = (
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 #: Words in a sqlite3 error that mean the file is damaged, not busy.
 _CORRUPT_MARKERS = ("malformed", "not a database", "corrupt")
+#: A pooled connection idle for longer than this is pinged at checkout (when pre-ping is on).
+PRE_PING_IDLE_SECONDS = 5.0
 #: Execution option naming the SQLite ``BEGIN`` mode of a connection (``DEFERRED`` unless set).
 SQLITE_BEGIN_OPTION = "aiida_sqlite_begin"
 #: Key in ``Session.info`` counting the :func:`transaction` blocks open on that session.
@@ -108,6 +111,10 @@ def _install_fork_guard(engine: Engine, pre_ping: bool) -> None:
         record.info["pid"] = os.getpid()
         record.info["fresh"] = True
 
+    @event.listens_for(engine, "checkin")
+    def _remember_idle(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info["idle_since"] = time.monotonic()
+
     @event.listens_for(engine, "checkout")
     def _check_pid(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection) -> None:
         if record.info.get("pid") != os.getpid():
@@ -115,7 +122,11 @@ def _install_fork_guard(engine: Engine, pre_ping: bool) -> None:
             _inherited.append(dbapi_connection)
             record.dbapi_connection = proxy.dbapi_connection = None  # type: ignore[misc]
             raise exc.DisconnectionError("connection was opened by another process; opening a new one")
-        if pre_ping and not record.info.pop("fresh", False):
+        fresh = record.info.pop("fresh", False)
+        idle = time.monotonic() - record.info.get("idle_since", float("-inf"))
+        # A connection back in the pool for less than PRE_PING_IDLE_SECONDS is used as is: pinging it would double
+        # the round trips of every short call (a dropped connection still fails its statement and is replaced).
+        if pre_ping and not fresh and idle > PRE_PING_IDLE_SECONDS:
             _ping(engine, dbapi_connection)
 
 

@@ -1,13 +1,16 @@
 """Key/value settings stored in ``db_dbsetting``, written with one atomic upsert each."""
 from __future__ import annotations
 
+import contextlib
 import datetime
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Text, bindparam, cast, delete, inspect, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 from . import session as session_module
 from .exceptions import NotExistent, ValidationError
@@ -68,15 +71,26 @@ class SqlaSettingsManager:
                     "run SqlaBackendManager.migrate() or 'aiida-sqla storage migrate'"
                 )
 
+    @contextlib.contextmanager
+    def _missing_table_explained(self) -> Iterator[None]:
+        """Turn a database error into :class:`NotExistent` when the settings table is missing.
+
+        Reads and writes do not check the table first (that would double their round trips); only a failed
+        statement looks.
+        """
+        try:
+            yield
+        except DBAPIError:
+            self.validate_table_existence()
+            raise
+
     def get(self, key: str) -> Setting:
         """The setting ``key``, or :class:`NotExistent`."""
         validate_setting_key(key)
-        self.validate_table_existence()
         table = DbSetting.__table__
-        with self.engine.connect() as connection:
-            row = connection.execute(
-                select(table.c.key, table.c.val, table.c.description, table.c.time).where(table.c.key == key)
-            ).one_or_none()
+        statement = select(table.c.key, table.c.val, table.c.description, table.c.time).where(table.c.key == key)
+        with self._missing_table_explained(), self.engine.connect() as connection:
+            row = connection.execute(statement).one_or_none()
         if row is None:
             raise NotExistent(f"no setting with key {key!r}")
         return Setting(row.key, row.val, row.description, row.time)
@@ -87,7 +101,6 @@ class SqlaSettingsManager:
         text_value = json_text(value, f"value of setting {key!r}")
         if description is not None:
             check_text(description, f"description of setting {key!r}")
-        self.validate_table_existence()
         engine = self.engine
         # The value is bound as the JSON text made above, not re-serialised by the column type.
         val: Any = bindparam("val", text_value, type_=Text)
@@ -100,9 +113,10 @@ class SqlaSettingsManager:
         if description is not None:
             updates["description"] = statement.excluded.description
         statement = statement.on_conflict_do_update(index_elements=["key"], set_=updates)
-        with engine.connect().execution_options(**session_module.sqlite_write_options(engine.dialect.name)) as connection:
-            with connection.begin():
-                connection.execute(statement)
+        with self._missing_table_explained():
+            with engine.connect().execution_options(**session_module.sqlite_write_options(engine.dialect.name)) as connection:
+                with connection.begin():
+                    connection.execute(statement)
 
     def delete(self, key: str) -> None:
         """Remove ``key``; :class:`NotExistent` if there is no such setting."""

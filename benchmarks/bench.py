@@ -23,6 +23,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg2
@@ -34,7 +35,7 @@ import aiida_sqla_plugin
 from aiida_sqla_plugin import bulk
 from aiida_sqla_plugin.backend import SqlaBackend
 from aiida_sqla_plugin.bulk import bulk_insert
-from aiida_sqla_plugin.closure import closure_status, install_tc
+from aiida_sqla_plugin.closure import closure_status, install_tc, rebuild_tc
 from aiida_sqla_plugin.graph import delete_nodes, get_ancestors, get_descendants
 from aiida_sqla_plugin.manager import SqlaBackendManager
 from aiida_sqla_plugin.models import DbComputer, DbLink, DbNode, DbUser
@@ -335,6 +336,169 @@ def statistics_run(dialect: str, nodes: int, seed: int, repeat: int) -> dict[str
     return result
 
 
+# ---------------------------------------------------------------------------------------------------- peer graph
+
+#: The shared comparison scripts: ``../shared/bench/`` next to the repository (override: AIIDA_SQLA_PEER_BENCH).
+PEER_BENCH_DIR = Path(os.environ.get("AIIDA_SQLA_PEER_BENCH", Path(__file__).resolve().parents[1].parent / "shared" / "bench"))
+
+
+def _peer_module() -> Any:
+    """The shared ``aiida_peer_bench`` module (graph generator and raw-driver anchors)."""
+    if not (PEER_BENCH_DIR / "aiida_peer_bench.py").is_file():
+        raise SystemExit(f"--graph peer needs {PEER_BENCH_DIR}/aiida_peer_bench.py (set AIIDA_SQLA_PEER_BENCH)")
+    sys.path.insert(0, str(PEER_BENCH_DIR))
+    import aiida_peer_bench  # noqa: PLC0415
+
+    return aiida_peer_bench
+
+
+def _closure_matches_recompute(backend: SqlaBackend) -> bool:
+    """Recompute the closure from the links (``rebuild_tc``) and compare it with the one kept by the triggers."""
+    with backend.engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE IF EXISTS bench_kept")
+        connection.exec_driver_sql("CREATE TABLE bench_kept AS SELECT parent_id, child_id, path_count FROM db_dbpath")
+    rebuild_tc(backend.get_session())
+    backend.close()
+    with backend.engine.begin() as connection:
+        columns = "parent_id, child_id, path_count"
+        differ = sum(
+            connection.exec_driver_sql(f"SELECT count(*) FROM (SELECT {columns} FROM {a} EXCEPT SELECT {columns} FROM {b}) AS d").scalar_one()
+            for a, b in (("bench_kept", "db_dbpath"), ("db_dbpath", "bench_kept"))
+        )
+        connection.exec_driver_sql("DROP TABLE bench_kept")
+    return differ == 0
+
+
+def raw_pairs_seconds(backend: SqlaBackend) -> float:
+    """The closure's (ancestor, descendant, count) rows from Python to committed rows of an indexed table of the
+    same shape, through COPY text built in Python (PostgreSQL) or ``executemany`` (SQLite); streamed in chunks."""
+    dialect = backend.engine.dialect.name
+    with backend.engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE IF EXISTS bench_raw_path")
+        connection.exec_driver_sql(
+            "CREATE TABLE bench_raw_path (parent_id integer NOT NULL, child_id integer NOT NULL, "
+            "path_count bigint NOT NULL, PRIMARY KEY (parent_id, child_id))"
+        )
+        connection.exec_driver_sql("CREATE INDEX bench_raw_path_child ON bench_raw_path (child_id)")
+        rows = connection.exec_driver_sql("SELECT parent_id, child_id, path_count FROM db_dbpath").all()
+    seconds = 0.0
+    with backend.engine.begin() as connection:
+        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        start = time.perf_counter()
+        for first in range(0, len(rows), 200_000):
+            chunk = rows[first : first + 200_000]
+            if dialect == "postgresql":
+                text_rows = "".join(f"{a}\t{d}\t{c}\n" for a, d, c in chunk)
+                cursor.copy_expert("COPY bench_raw_path FROM STDIN", io.StringIO(text_rows), size=1 << 16)
+            else:
+                cursor.executemany("INSERT INTO bench_raw_path VALUES (?, ?, ?)", chunk)
+    seconds = time.perf_counter() - start  # the commit included
+    del rows
+    with backend.engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE bench_raw_path")
+    return seconds
+
+
+def _peer_store(backend: SqlaBackend, peer: Any, graph: dict[str, Any]) -> tuple[float, float, list[int]]:
+    (user,) = bulk_insert(backend, DbUser, [{"email": "peer@example.org"}])
+    rows = peer.aiida_node_rows(graph, user)
+    nodes_seconds, ids = timed(lambda: bulk_insert(backend, DbNode, rows))
+    links = [{"input_id": ids[s], "output_id": ids[d], "label": label, "type": kind} for s, d, label, kind in graph["links"]]
+    links_seconds, _ = timed(lambda: bulk_insert(backend, DbLink, links))
+    return nodes_seconds, links_seconds, ids
+
+
+def _settings_seconds(backend: SqlaBackend) -> tuple[float, float]:
+    settings = backend.settings
+    settings.set("bench_key", {"value": 0})
+    backend.close()
+    get_seconds, _ = timed(lambda: [settings.get("bench_key") for _ in range(1000)])
+
+    def set_get() -> None:
+        for index in range(1000):
+            settings.set("bench_key", {"value": index})
+            assert settings.get("bench_key").value == {"value": index}
+
+    set_get_seconds, _ = timed(set_get)
+    return get_seconds, set_get_seconds
+
+
+def peer_run(dialect: str, nodes: int, seed: int, repeat: int) -> dict[str, Any]:
+    """The shared comparison graph (``make_graph(nodes, seed)``): every row of issue #11 and the raw figures."""
+    peer = _peer_module()
+    graph = peer.make_graph(nodes, seed)
+    analysis = peer.graph_analysis(graph)
+    result: dict[str, Any] = {"benchmark": "peer", "dialect": dialect, "nodes": nodes, "seed": seed, "links": len(graph["links"])}
+    result["graph"] = {key: value for key, value in analysis.items() if not key.endswith("_target")}
+    timings: dict[str, Any] = {}
+    checks: dict[str, Any] = {}
+    with fresh_backend(dialect, "bench-peer") as backend:
+        timings["store_nodes"], timings["store_links"], ids = _peer_store(backend, peer, graph)
+        backend.close()
+        timings["creation_statistics"], statistics = best(backend.query_manager.get_creation_statistics, repeat)
+        checks["statistics_total"] = statistics["total"] == nodes
+        ancestors_target, descendants_target = ids[analysis["anc_target"]], ids[analysis["desc_target"]]
+        get_ancestors([ancestors_target], backend=backend)  # warm
+        timings["ancestors"], ancestors = best(lambda: get_ancestors([ancestors_target], backend=backend), repeat)
+        get_descendants([descendants_target], backend=backend)
+        timings["descendants"], descendants = best(lambda: get_descendants([descendants_target], backend=backend), repeat)
+        checks["ancestors"] = len(ancestors) == analysis["anc_expected_distinct"]
+        checks["descendants"] = len(descendants) == analysis["desc_expected_distinct"]
+        timings["settings_get_x1000"], timings["settings_set_get_x1000"] = _settings_seconds(backend)
+        delete_plain = delete_newest_tenth(backend, tuple(ids))
+        timings["delete_10_percent"] = delete_plain["seconds"]
+        checks["deleted"] = delete_plain["deleted"]
+
+    with fresh_backend(dialect, "bench-peer-tc") as backend:
+        install_tc(backend.get_session())  # on the empty database: every link goes through the triggers
+        backend.close()
+        _, timings["store_links_with_closure"], ids = _peer_store(backend, peer, graph)
+        backend.close()
+        install_seconds, _ = timed(lambda: rebuild_tc(backend.get_session()))
+        backend.close()
+        timings["closure_install"] = install_seconds
+        checks["closure_after_store_matches_recompute"] = _closure_matches_recompute(backend)
+        with backend.engine.connect() as connection:
+            checks["closure_pairs"] = connection.exec_driver_sql("SELECT count(*) FROM db_dbpath").scalar_one()
+        timings["raw_closure_pairs"] = raw_pairs_seconds(backend)
+        closure_ancestors_seconds, closure_ancestors = best(lambda: get_ancestors([ancestors_target], backend=backend), repeat)
+        timings["ancestors_with_closure"] = closure_ancestors_seconds
+        checks["ancestors_with_closure"] = closure_ancestors == ancestors
+        delete_closure = delete_newest_tenth(backend, tuple(ids))
+        timings["delete_10_percent_with_closure"] = delete_closure["seconds"]
+        checks["closure_after_delete_matches_recompute"] = _closure_matches_recompute(backend)
+        checks["deleted_with_closure"] = delete_closure["deleted"]
+
+    raw: dict[str, Any] = {"timings": {}}
+    with contextlib.ExitStack() as stack:
+        if dialect == "postgresql":
+            database = f"aiida_sqla_bench_raw_{uuid.uuid4().hex[:10]}"
+            _admin(f'CREATE DATABASE "{database}"')
+            stack.callback(_admin, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            peer.PG.update(
+                host=PG_ADMIN_URL.host or "127.0.0.1", port=PG_ADMIN_URL.port or 5432, user=PG_ADMIN_URL.username,
+                password=PG_ADMIN_URL.password or "", dbname=database,
+            )
+            peer.bench_raw_pg(graph, raw)
+        else:
+            peer.DATA_DIR = stack.enter_context(tempfile.TemporaryDirectory(prefix="aiida-sqla-raw-"))
+            peer.bench_raw_sqlite(graph, raw)
+    driver = "pg_idx_copy" if dialect == "postgresql" else "sqlite_idx_executemany"
+    raw_nodes, raw_links = raw["timings"][f"raw_{driver}_nodes"], raw["timings"][f"raw_{driver}_links"]
+    timings.update(raw_nodes=raw_nodes, raw_links=raw_links)
+    result["timings"] = {key: _round(value) for key, value in timings.items()}
+    result["raw_driver"] = raw["timings"]
+    result["ratios"] = {
+        "store_nodes_to_raw": round(timings["store_nodes"] / raw_nodes, 2),
+        "store_links_to_raw": round(timings["store_links"] / raw_links, 2),
+        "closure_install_to_raw_pairs": round(timings["closure_install"] / timings["raw_closure_pairs"], 2),
+        "store_links_with_closure_to_without": round(timings["store_links_with_closure"] / timings["store_links"], 2),
+        "delete_with_closure_to_without": round(timings["delete_10_percent_with_closure"] / timings["delete_10_percent"], 2),
+    }
+    result["checks"] = checks
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=100_000, help="nodes of the synthetic graph (default 100000)")
@@ -343,11 +507,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per timed query; the best is reported")
     parser.add_argument("--orm-nodes", type=int, default=ORM_BASELINE_NODES, help="nodes for the ORM baseline (0: skip)")
     parser.add_argument("--statistics-only", action="store_true", help="store nodes only and time the statistics")
+    parser.add_argument(
+        "--graph", choices=("synthetic", "peer"), default="synthetic",
+        help="peer: the shared comparison graph of ../shared/bench/ (seed 42 unless --seed is given)",
+    )
     args = parser.parse_args(argv)
     dialects = ("sqlite", "postgresql") if args.dialect == "both" else (args.dialect,)
     machine = machine_facts()
     for dialect in dialects:
-        if args.statistics_only:
+        if args.graph == "peer":
+            result = peer_run(dialect, args.nodes, 42 if args.seed == 0 else args.seed, args.repeat)
+        elif args.statistics_only:
             result = statistics_run(dialect, args.nodes, args.seed, args.repeat)
         else:
             result = graph_run(dialect, args.nodes, args.seed, args.repeat, args.orm_nodes)

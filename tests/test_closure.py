@@ -267,6 +267,31 @@ def test_cycles_are_rejected_by_the_trigger(installed: Engine, nodes: list[int],
 # ------------------------------------------------------------------------------------------------ install & co
 
 
+@pytest.mark.parametrize("rules", [{}, {"create_forward": False}], ids=["default-rules", "create-forward-off"])
+def test_delete_nodes_keeps_the_closure_exact(backend: SqlaBackend, installed: Engine, user: DbUser, rules: dict[str, bool]) -> None:
+    from aiida_sqla_plugin.graph import delete_nodes, delete_nodes_and_connections_sqla  # noqa: PLC0415
+
+    kinds = ("create", "input_calc", "return", "input_work")
+    with installed.begin() as connection:
+        ids = add_nodes(connection, user.id, 40)
+        insert_links(connection, [(ids[u], ids[v], kinds[(u * 5 + v) % len(kinds)]) for u, v in _random_dag(40, 3)])
+    backend.close()  # a fresh session sees the links
+    deleted, done = delete_nodes([ids[12], ids[30]], dry_run=False, backend=backend, **rules)
+    backend.close()
+    assert done and deleted
+    with installed.connect() as connection:
+        assert_exact(connection)
+        left = sorted(connection.execute(select(NODES.c.id)).scalars())
+    assert set(left).isdisjoint(deleted)
+    # a set not closed under descendants (the raw deletion) falls back to the exact per-link recount
+    delete_nodes_and_connections_sqla([left[1]], backend=backend)
+    backend.close()
+    with installed.begin() as connection:
+        assert_exact(connection)
+        insert_links(connection, [(left[0], left[-1], "create")])  # the triggers are back in place
+        assert_exact(connection)
+
+
 def _random_dag(count: int, seed: int) -> list[tuple[int, int]]:
     import random
 
