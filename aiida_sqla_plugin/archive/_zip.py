@@ -182,7 +182,7 @@ class ZipArchiveSource:
     def group_nodes(self) -> Iterator[GroupNodeRecord]:
         query = (
             "SELECT m.id AS pk, g.uuid AS group_uuid, n.uuid AS node_uuid FROM db_dbgroup_dbnodes m "
-            "JOIN db_dbgroup g ON g.id = m.dbgroup_id JOIN db_dbnode n ON n.id = m.dbnode_id"
+            "JOIN db_dbgroup g ON g.id = m.dbgroup_id LEFT JOIN db_dbnode n ON n.id = m.dbnode_id"
         )
         for row in self._rows(query):
             yield GroupNodeRecord(group_uuid=_uuid(row["group_uuid"]), node_uuid=_uuid(row["node_uuid"]))
