@@ -299,3 +299,34 @@ def test_export_then_import_gives_the_same_graph(target: SqlaBackend, dialect: s
     assert _graph(second) == _graph(target)
     assert _counts(second) == _counts(target)
     assert not import_archive(exported.path, second, batch_size=64).changed
+
+
+def test_cli_import_and_export(database_url: Any, dialect: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from aiida_sqla_plugin.cli import cli
+    from aiida_sqla_plugin.config import CONFIG_DIR_ENV, DATA_DIR_ENV
+
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path / "config"))
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "data"))
+
+    def invoke(*args: str, code: int = 0) -> Any:
+        result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+        assert result.exit_code == code, result.stdout + result.stderr
+        return result
+
+    invoke("profile", "create", "p", "--url", database_url.render_as_string(hide_password=False))
+    invoke("storage", "migrate", "--force")
+    archive = str(ARCHIVES / "export_main_0001_simple.aiida")
+    dry = json.loads(invoke("archive", "import", archive, "--dry-run", "--json").stdout)
+    assert dry["dry_run"] and dry["counts"]["nodes"]["new"] == 10
+    text = invoke("archive", "import", archive, "--group", "imported").stdout
+    assert "nodes        10 new, 0 already present" in text
+    assert "Nothing new" in invoke("archive", "import", archive).stdout
+    backend = SqlaBackend(aiida_sqla_plugin.Profile(name="p", storage_config={"url": database_url.render_as_string(hide_password=False)}))
+    assert _counts(backend)["db_dbnode"] == 10
+    assert len(list(object_store_for(backend).keys())) == 16
+    refused = invoke("archive", "import", str(ARCHIVES / "empty.aiida"), code=1)
+    assert "supported archive versions" in refused.stderr and "Traceback" not in refused.stderr
+    exported = json.loads(invoke("archive", "export", str(tmp_path / "out.aiida"), "--groups", "imported", "--json").stdout)
+    assert exported["counts"]["db_dbnode"] == 10 and exported["objects"] == 16
