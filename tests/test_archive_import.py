@@ -92,8 +92,9 @@ class ArchiveDb:
         return {uuid: (json.loads(a) if a else a, json.loads(e) if e else e) for uuid, a, e in rows}
 
 
-def _rezip(source: Path, destination: Path, change: Callable[[sqlite3.Connection], None], metadata: dict[str, Any] | None = None) -> Path:
-    """A copy of the archive ``source`` whose database ``change`` modified."""
+def _rezip(source: Path, destination: Path, change: Callable[[sqlite3.Connection], None], metadata: dict[str, Any] | None = None,
+           corrupt: str | None = None) -> Path:
+    """A copy of the archive ``source`` whose database ``change`` modified (and object ``corrupt`` altered)."""
     work = destination.parent / (destination.name + ".work")
     work.mkdir()
     with zipfile.ZipFile(source) as zipped:
@@ -108,7 +109,7 @@ def _rezip(source: Path, destination: Path, change: Callable[[sqlite3.Connection
         out.writestr("metadata.json", json.dumps(meta))
         out.write(work / "db.sqlite3", "db.sqlite3")
         for info, data in entries:
-            out.writestr(info, data)
+            out.writestr(info, data + b"!" if info.filename == f"repo/{corrupt}" else data)
     return destination
 
 
@@ -330,3 +331,22 @@ def test_cli_import_and_export(database_url: Any, dialect: str, tmp_path: Path, 
     assert "supported archive versions" in refused.stderr and "Traceback" not in refused.stderr
     exported = json.loads(invoke("archive", "export", str(tmp_path / "out.aiida"), "--groups", "imported", "--json").stdout)
     assert exported["counts"]["db_dbnode"] == 10 and exported["objects"] == 16
+
+
+def test_corrupt_object_fails_atomically(target: SqlaBackend, tmp_path: Path) -> None:
+    source = ARCHIVES / "export_main_0001_simple.aiida"
+    keys = sorted(ArchiveDb(source, tmp_path / "x").objects)
+    archive = _rezip(source, tmp_path / "corrupt.aiida", lambda db: None, corrupt=keys[-1])
+    before = _state(target)
+    with pytest.raises(InvalidArchiveEntry, match=f"object {keys[-1]}.*corrupt"):
+        import_archive(archive, target)
+    assert _state(target) == before  # the objects written before the bad one are removed again
+    result = import_archive(archive, target, skip_invalid=True)
+    assert result.counts["objects"] == {"new": len(keys) - 1, "present": 0, "skipped": 1}
+    assert sorted(object_store_for(target).keys()) == keys[:-1]
+
+
+def test_no_objects(target: SqlaBackend) -> None:
+    result = import_archive(ARCHIVES / "export_main_0001_simple.aiida", target, objects=False)
+    assert result.counts["nodes"]["new"] == 10 and result.counts["objects"]["new"] == 0
+    assert list(object_store_for(target).keys()) == []
