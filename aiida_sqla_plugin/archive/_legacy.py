@@ -173,9 +173,9 @@ class LegacySource:
         for pk, fields in self._entities("Computer"):
             scheduler, transport = fields.get("scheduler_type"), fields.get("transport_type")
             if self._older(12):
-                scheduler = _SCHEDULERS.get(scheduler, scheduler)
+                scheduler = _renamed(_SCHEDULERS, scheduler)
             if self._older(13):
-                transport = _TRANSPORTS.get(transport, transport)
+                transport = _renamed(_TRANSPORTS, transport)
             yield ComputerRecord(
                 uuid=_uuid(fields.get("uuid"), "Computer", pk),
                 label=fields.get("name" if self._older(11) else "label"),
@@ -212,8 +212,8 @@ class LegacySource:
             if self._older(7) and node_type.startswith("process."):
                 _seal_process(node_attributes, node_uuid)
             if self._older(12):
-                node_type = _NODE_TYPES.get(node_type, node_type)
-                process_type = _PROCESS_TYPES.get(process_type, process_type)
+                node_type = _renamed(_NODE_TYPES, node_type)
+                process_type = _renamed(_PROCESS_TYPES, process_type)
             yield NodeRecord(
                 uuid=node_uuid,
                 node_type=node_type,
@@ -255,7 +255,7 @@ class LegacySource:
             group_uuid = _uuid(fields.get("uuid"), "Group", pk)
             type_string = fields.get("type_string")
             if self._older(9):
-                type_string = _GROUP_TYPES.get(type_string, type_string)
+                type_string = _renamed(_GROUP_TYPES, type_string)
             yield GroupRecord(
                 uuid=group_uuid,
                 label=_text(fields.get("label"), "group", group_uuid),
@@ -392,6 +392,11 @@ def _uuid(value: Any, entity: str, identifier: Any) -> str:
         return str(uuid_module.UUID(value))
     except (TypeError, ValueError, AttributeError):
         raise InvalidArchiveEntry(entity.lower(), str(identifier), f"has uuid {value!r}, not a uuid") from None
+
+
+def _renamed(names: dict[str, str], value: Any) -> Any:
+    """A plugin or type name as renamed by a migration step; other values (None included) unchanged."""
+    return names.get(value, value) if isinstance(value, str) else value
 
 
 def _member(value: Any) -> Any:
