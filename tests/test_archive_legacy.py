@@ -208,7 +208,6 @@ def test_unreadable_entries_raise(tmp_path: Path) -> None:
         "bad uuid": legacy_data({"uuid": "not-a-uuid"}, {}),
         "bad time": legacy_data({"ctime": "yesterday"}, {}),
         "no attributes": legacy_data({}, {}, node_attributes={}),
-        "unknown user": legacy_data({"user": 99}, {}),
         "old link type": legacy_data({}, {}, links_uuid=[
             {"input": "a36001a4-fdad-4f0d-86c3-4373a5b88c6b", "output": "a36001a4-fdad-4f0d-86c3-4373a5b88c6b",
              "type": "inputlink", "label": "x"}]),
@@ -219,6 +218,33 @@ def test_unreadable_entries_raise(tmp_path: Path) -> None:
             list(source.nodes())
             list(source.links())
         source.close()
+
+
+def test_comments_logs_and_unresolved_references(tmp_path: Path) -> None:
+    """Comments and logs refer to their node by pk; a pk the archive lacks becomes None for the importer to judge."""
+    data = legacy_data({"user": 99, "dbcomputer": 5}, {})
+    data["export_data"] |= {
+        "Comment": {"1": {"uuid": "bde385c0-c1d5-4c6e-95db-b1b26026c7fc", "dbnode": 7, "user": 1, "content": "hi",
+                          "ctime": "2021-05-06T07:08:09.100000", "mtime": None},
+                    "2": {"uuid": "bde385c0-c1d5-4c6e-95db-b1b26026c7fd", "dbnode": 8, "user": 2, "content": None,
+                          "ctime": None, "mtime": None}},
+        "Log": {"3": {"uuid": "4f33c6fd-b624-47df-9ffb-a58f05d323af", "dbnode": 7, "time": "2021-05-06T07:08:09",
+                      "loggername": "aiida", "levelname": "REPORT", "message": "m", "metadata": {"a": 1}}},
+    }
+    source = open_archive(write_archive(tmp_path / "refs.aiida", "0.13", data))
+    (node,) = source.nodes()
+    assert (node["user_email"], node["computer_uuid"]) == (None, None)
+    node_uuid = "a36001a4-fdad-4f0d-86c3-4373a5b88c6b"
+    assert [(c["node_uuid"], c["user_email"], c["content"], c["ctime"]) for c in source.comments()] == [
+        (node_uuid, "a@b.c", "hi", datetime.datetime(2021, 5, 6, 7, 8, 9, 100000, tzinfo=datetime.timezone.utc)),
+        (None, None, None, None),
+    ]
+    assert list(source.logs()) == [{
+        "uuid": "4f33c6fd-b624-47df-9ffb-a58f05d323af", "node_uuid": node_uuid,
+        "time": datetime.datetime(2021, 5, 6, 7, 8, 9, tzinfo=datetime.timezone.utc), "loggername": "aiida",
+        "levelname": "REPORT", "message": "m", "metadata": {"a": 1},
+    }]
+    source.close()
 
 
 def test_each_version_step_applies_before_its_version(tmp_path: Path) -> None:

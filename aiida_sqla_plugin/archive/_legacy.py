@@ -146,17 +146,11 @@ class LegacySource:
             }
         return self._maps[entity]
 
-    def _reference(self, pk: Any, entity: str, owner: str, identifier: str) -> str | None:
-        """The uuid/email of the ``entity`` with ``pk`` referenced by an entry; None stays None."""
+    def _reference(self, pk: Any, entity: str) -> str | None:
+        """The uuid/email of the ``entity`` with ``pk``; None if null or not in the archive (the importer decides)."""
         if pk is None:
             return None
-        field = "email" if entity == "User" else "uuid"
-        try:
-            return self._map(entity, field)[str(pk)]
-        except KeyError:
-            raise InvalidArchiveEntry(
-                owner, identifier, f"refers to {entity.lower()} pk {pk}, which is not in the archive"
-            ) from None
+        return self._map(entity, "email" if entity == "User" else "uuid").get(str(pk))
 
     # -- records ---------------------------------------------------------------------------------------------
 
@@ -225,8 +219,8 @@ class LegacySource:
                 attributes=node_attributes,
                 extras=node_extras,
                 repository_metadata=_serialize(trees.get(node_uuid, {})),
-                user_email=self._reference(fields.get("user"), "User", "node", node_uuid),
-                computer_uuid=self._reference(fields.get("dbcomputer"), "Computer", "node", node_uuid),
+                user_email=self._reference(fields.get("user"), "User"),
+                computer_uuid=self._reference(fields.get("dbcomputer"), "Computer"),
             )
 
     def links(self) -> Iterator[LinkRecord]:
@@ -263,7 +257,7 @@ class LegacySource:
                 description=fields.get("description"),
                 time=_time(fields.get("time"), "group", group_uuid),
                 extras=fields.get("extras"),
-                user_email=self._reference(fields.get("user"), "User", "group", group_uuid),
+                user_email=self._reference(fields.get("user"), "User"),
             )
 
     def group_nodes(self) -> Iterator[GroupNodeRecord]:
@@ -281,8 +275,8 @@ class LegacySource:
             comment_uuid = _uuid(fields.get("uuid"), "Comment", pk)
             yield CommentRecord(
                 uuid=comment_uuid,
-                node_uuid=self._node_of(fields, "comment", comment_uuid),
-                user_email=self._reference(fields.get("user"), "User", "comment", comment_uuid),
+                node_uuid=self._reference(fields.get("dbnode"), "Node"),
+                user_email=self._reference(fields.get("user"), "User"),
                 content=fields.get("content"),
                 ctime=_time(fields.get("ctime"), "comment", comment_uuid),
                 mtime=_time(fields.get("mtime"), "comment", comment_uuid),
@@ -293,20 +287,13 @@ class LegacySource:
             log_uuid = _uuid(fields.get("uuid"), "Log", pk)
             yield LogRecord(
                 uuid=log_uuid,
-                node_uuid=self._node_of(fields, "log", log_uuid),
+                node_uuid=self._reference(fields.get("dbnode"), "Node"),
                 time=_time(fields.get("time"), "log", log_uuid),
                 loggername=fields.get("loggername"),
                 levelname=fields.get("levelname"),
                 message=fields.get("message"),
                 metadata=fields.get("metadata"),
             )
-
-    def _node_of(self, fields: dict[str, Any], owner: str, identifier: str) -> str:
-        """The uuid of the node a comment or log belongs to (``dbnode`` pk)."""
-        node_uuid = self._reference(fields.get("dbnode"), "Node", owner, identifier)
-        if node_uuid is None:
-            raise InvalidArchiveEntry(owner, identifier, "belongs to no node (dbnode is null)")
-        return node_uuid
 
     # -- repository ------------------------------------------------------------------------------------------
 
