@@ -6,16 +6,24 @@ import hashlib
 import json
 import os
 import subprocess
+import uuid as uuid_module
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sqlalchemy import func, select
+
+from aiida_sqla_plugin.archive import import_archive
 from aiida_sqla_plugin.archive._legacy import LEGACY_VERSIONS, open_legacy
 from aiida_sqla_plugin.archive._source import ArchiveSource, InvalidArchiveEntry, UnsupportedArchive
+from aiida_sqla_plugin.backend import SqlaBackend
 from aiida_sqla_plugin.links import LINK_TYPES
+from aiida_sqla_plugin.models import DbGroup, DbGroupNode, DbLink, DbNode, DbUser
+from aiida_sqla_plugin.objectstore import object_store_for
 from test_archive_export import aiida_python  # noqa: F401 (the fixture)
+from test_archive_import import _counts, target  # noqa: F401 (the fixture)
 
 ARCHIVES = Path(__file__).parents[2] / "shared" / "aiida-archives"
 CHECK_SCRIPT = Path(__file__).with_name("aiida_legacy_check.py")
@@ -330,3 +338,58 @@ def test_same_translation_as_aiida_core(
     assert {group["label"]: group["type_string"] for group in got["groups"]} == theirs["groups"]
     assert {c["uuid"]: [c["label"], c["scheduler_type"], c["transport_type"]] for c in got["computers"]} \
         == theirs["computers"]
+
+
+# ------------------------------------------------------------------------------- imported into both dialects
+
+
+@pytest.mark.parametrize("name", SIMPLE)
+def test_import_simple_archive(target: SqlaBackend, name: str) -> None:  # noqa: F811
+    result = import_archive(ARCHIVES / name, target)
+    assert result.version == name.split("_")[1]
+    counts = _counts(target)
+    assert (counts["db_dbnode"], counts["db_dblink"], counts["db_dbgroup"], counts["db_dbuser"],
+            counts["db_dbcomputer"]) == (10, 8, 4, 1, 1)
+    with target.transaction() as session:
+        assert dict(session.execute(select(DbLink.type, func.count()).group_by(DbLink.type)).all()) == \
+            {"create": 4, "input_calc": 4}
+        assert sorted(session.scalars(select(DbGroup.type_string))) == ["core", "core.auto", "core.import", "core.upf"]
+        code = session.scalars(select(DbNode).where(DbNode.uuid == uuid_module.UUID("c1879cbe-8f6f-4343-b3f7-df8ecbd4d403"))).one()
+        assert code.node_type == "data.core.code.Code." and code.label == "pw.x"
+        assert code.ctime.replace(tzinfo=None) == datetime.datetime(2014, 11, 3, 13, 43, 36)
+    assert len(list(object_store_for(target).keys())) == 16
+    again = import_archive(ARCHIVES / name, target)
+    assert not again.changed and _counts(target) == counts
+
+
+def test_import_null_fields_repairs_them(target: SqlaBackend) -> None:  # noqa: F811
+    result = import_archive(ARCHIVES / "0.10_null_fields.aiida", target)
+    counts = _counts(target)
+    assert (counts["db_dbnode"], counts["db_dblink"], counts["db_dbgroup"]) == (1, 0, 1)
+    repaired = {(r.entity, r.detail.split(" was null")[0]) for r in result.repairs}
+    assert {("node", "label"), ("node", "description"), ("node", "ctime"), ("node", "mtime"), ("user", "first_name"),
+            ("user", "last_name"), ("group", "time"), ("group", "type_string")} <= repaired
+    with target.transaction() as session:
+        node = session.scalars(select(DbNode)).one()
+        assert (node.label, node.description) == ("", "") and node.ctime is not None
+        assert session.scalars(select(DbGroup.type_string)).one() == "core"
+        user = session.scalars(select(DbUser).where(DbUser.email == "mail@sphuber.net")).one()
+        assert (user.first_name, user.last_name) == ("", "")
+
+
+def test_import_drops_unknown_group_members(target: SqlaBackend) -> None:  # noqa: F811
+    result = import_archive(ARCHIVES / "0.10_unknown_nodes_in_group.aiida", target)
+    counts = _counts(target)
+    assert (counts["db_dbnode"], counts["db_dblink"], counts["db_dbgroup"], counts["db_dbgroup_dbnodes"]) == (1, 0, 1, 1)
+    assert len([r for r in result.repairs if r.entity == "group_node"]) == 2
+    with target.transaction() as session:
+        assert session.scalars(select(DbNode.uuid).join(DbGroupNode, DbGroupNode.dbnode_id == DbNode.id)).one() \
+            == uuid_module.UUID("a36001a4-fdad-4f0d-86c3-4373a5b88c6b")
+
+
+def test_import_refuses_the_dangling_link(target: SqlaBackend) -> None:  # noqa: F811
+    before = _counts(target)
+    with pytest.raises(InvalidArchiveEntry, match="26522c2f-13e0-4b80-af13-cbc8c09df211"):
+        import_archive(ARCHIVES / "0.10_dangling_link.aiida", target)
+    assert _counts(target) == before
+    assert list(object_store_for(target).keys()) == []
