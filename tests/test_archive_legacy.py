@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import subprocess
+import tracemalloc
 import uuid as uuid_module
 import zipfile
 from pathlib import Path
@@ -308,6 +309,48 @@ def test_repository_folders(tmp_path: Path) -> None:
         "a.txt": {"k": key_a}, "copy.txt": {"k": key_a}, "empty": {}, "sub": {"o": {"b.txt": {"k": key_b}}}}}
     # Each key once; the folder of a node that is not in the archive is not referenced.
     assert sorted(key for key, _ in source.objects()) == sorted([key_a, key_b])
+
+
+def many_nodes(count: int, reverse_maps: bool = False) -> dict[str, Any]:
+    """A data.json of ``count`` nodes with 4 kB of attributes each, the attribute maps optionally in reverse order."""
+    pks = [str(pk) for pk in range(1, count + 1)]
+    data = legacy_data({}, {})
+    data["export_data"]["Node"] = {pk: data["export_data"]["Node"]["7"] | {"uuid": str(uuid_module.UUID(int=int(pk)))}
+                                   for pk in pks}
+    ordered = pks[::-1] if reverse_maps else pks
+    data["node_attributes"] = {pk: {"pk": pk, "blob": "x" * 4096} for pk in ordered}
+    data["node_extras"] = {pk: {"n": int(pk)} for pk in ordered}
+    return data
+
+
+def test_attribute_maps_in_another_order(tmp_path: Path) -> None:
+    ordered, reverse = (open_archive(write_archive(tmp_path / f"{flag}.aiida", "0.13", many_nodes(50, flag)))
+                        for flag in (False, True))
+    expected = [(str(uuid_module.UUID(int=pk)), str(pk), pk) for pk in range(1, 51)]
+    for source in (ordered, reverse):
+        assert [(n["uuid"], n["attributes"]["pk"], n["extras"]["n"]) for n in source.nodes()] == expected  # type: ignore[index]
+        source.close()
+
+
+def peak_reading_nodes(path: Path, count: int) -> int:
+    """The peak of memory allocated while reading every node of the archive at ``path``."""
+    source = open_archive(path)
+    tracemalloc.start()
+    try:
+        assert sum(1 for _ in source.nodes()) == count
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        source.close()
+
+
+@pytest.mark.slow
+def test_nodes_are_streamed(tmp_path: Path) -> None:
+    """Memory does not grow with data.json: 3,000 nodes (13 MB) peak as low as 500 nodes, far below the file."""
+    small, big = (write_archive(tmp_path / f"{count}.aiida", "0.13", many_nodes(count)) for count in (500, 3000))
+    size = zipfile.ZipFile(big).getinfo("data.json").file_size
+    peak_small, peak_big = peak_reading_nodes(small, 500), peak_reading_nodes(big, 3000)
+    assert size > 12_000_000 and peak_big < size / 8 and peak_big < 1.5 * peak_small
 
 
 # ------------------------------------------------------------------------------------------------ aiida-core

@@ -45,6 +45,8 @@ LEGACY_VERSIONS: tuple[str, ...] = tuple(f"0.{minor}" for minor in range(4, 14))
 
 _DATA_FILE = "data.json"
 _CHUNK = 1 << 20
+#: Marks a node that ``node_attributes`` or ``node_extras`` does not list.
+_MISSING: Any = object()
 
 # 0.5 -> 0.6: a legacy JobCalculation ``state`` attribute becomes process attributes (process_state, exit_status,
 # process_status); values from aiida-core's ``calc_state.STATE_MAPPING``.
@@ -196,8 +198,8 @@ class LegacySource:
             node_type, process_type = fields.get("node_type"), fields.get("process_type")
             if not isinstance(node_type, str):
                 raise InvalidArchiveEntry("node", node_uuid, f"node_type is {node_type!r}, not a type string")
-            node_attributes = _object(attributes.take(pk), "node", node_uuid, "attributes")
-            node_extras = _object(extras.take(pk), "node", node_uuid, "extras")
+            node_attributes = _object(attributes.take(pk, _MISSING), "node", node_uuid, "attributes")
+            node_extras = _object(extras.take(pk, _MISSING), "node", node_uuid, "extras")
             if attribute_dates is not None and extra_dates is not None:
                 node_attributes = _dates(node_attributes, attribute_dates.take(pk, {}), node_uuid)
                 node_extras = _dates(node_extras, extra_dates.take(pk, {}), node_uuid)
@@ -351,22 +353,18 @@ class _Lookahead:
     empty; another order costs memory but gives the same answer.
     """
 
-    _MISSING = object()
-
     def __init__(self, pairs: Iterator[tuple[str, Any]]) -> None:
         self._pairs = pairs
         self._skipped: dict[str, Any] = {}
 
-    def take(self, key: str, default: Any = _MISSING) -> Any:
-        """The value of ``key``; ``default`` if the stream lacks it, InvalidArchiveEntry without a default."""
+    def take(self, key: str, default: Any) -> Any:
+        """The value of ``key``, ``default`` if the stream lacks it."""
         if key in self._skipped:
             return self._skipped.pop(key)
         for found, value in self._pairs:
             if found == key:
                 return value
             self._skipped[found] = value
-        if default is self._MISSING:
-            raise InvalidArchiveEntry("node", f"pk {key}", f"has no entry in the attribute maps of {_DATA_FILE}")
         return default
 
 
@@ -414,6 +412,8 @@ def _time(value: Any, entity: str, identifier: str) -> datetime.datetime | None:
 
 def _object(value: Any, entity: str, identifier: str, what: str) -> dict[str, Any] | None:
     """Attributes or extras: an object, or None (the importer's default applies)."""
+    if value is _MISSING:
+        raise InvalidArchiveEntry(entity, identifier, f"has no {what} in {_DATA_FILE} (as aiida-core, refused)")
     if value is not None and not isinstance(value, dict):
         raise InvalidArchiveEntry(entity, identifier, f"has {what} of type {type(value).__name__}, not an object")
     return value
