@@ -346,11 +346,11 @@ def peak_reading_nodes(path: Path, count: int) -> int:
 
 @pytest.mark.slow
 def test_nodes_are_streamed(tmp_path: Path) -> None:
-    """Memory does not grow with data.json: 3,000 nodes (13 MB) peak as low as 500 nodes, far below the file."""
+    """Memory grows with the nodes only by the pk -> uuid map (< 500 bytes a node), not with data.json (4.4 kB)."""
     small, big = (write_archive(tmp_path / f"{count}.aiida", "0.13", many_nodes(count)) for count in (500, 3000))
     size = zipfile.ZipFile(big).getinfo("data.json").file_size
     peak_small, peak_big = peak_reading_nodes(small, 500), peak_reading_nodes(big, 3000)
-    assert size > 12_000_000 and peak_big < size / 8 and peak_big < 1.5 * peak_small
+    assert size > 12_000_000 and peak_big < size / 5 and peak_big - peak_small < (3000 - 500) * 500
 
 
 # ------------------------------------------------------------------------------------------------ aiida-core

@@ -139,13 +139,20 @@ class LegacySource:
                 raise InvalidArchiveEntry(name.lower(), f"pk {pk}", f"is {type(fields).__name__}, not an object")
             yield pk, fields
 
+    def _keyed(self, entity: str, field: str) -> Iterator[tuple[str, dict[str, Any], str]]:
+        """``(pk, fields, key)`` of one entity, ``key`` its ``field`` (uuid or email); a full pass keeps pk -> key."""
+        keys: dict[str, str] = {}
+        for pk, fields in self._entities(entity):
+            value = fields.get(field)
+            keys[pk] = key = _uuid(value, entity, pk) if field == "uuid" else _text(value, entity, pk)
+            yield pk, fields, key
+        self._maps.setdefault(entity, keys)
+
     def _map(self, entity: str, field: str) -> dict[str, str]:
-        """pk -> ``field`` (uuid or email) of one entity, read once."""
+        """pk -> ``field`` of one entity: from an earlier full pass, else read now."""
         if entity not in self._maps:
-            self._maps[entity] = {
-                pk: _uuid(fields.get(field), entity, pk) if field == "uuid" else _text(fields.get(field), entity, pk)
-                for pk, fields in self._entities(entity)
-            }
+            for _ in self._keyed(entity, field):
+                pass
         return self._maps[entity]
 
     def _reference(self, pk: Any, entity: str) -> str | None:
@@ -157,23 +164,23 @@ class LegacySource:
     # -- records ---------------------------------------------------------------------------------------------
 
     def users(self) -> Iterator[UserRecord]:
-        for pk, fields in self._entities("User"):
+        for _, fields, email in self._keyed("User", "email"):
             yield UserRecord(
-                email=_text(fields.get("email"), "User", pk),
+                email=email,
                 first_name=fields.get("first_name"),
                 last_name=fields.get("last_name"),
                 institution=fields.get("institution"),
             )
 
     def computers(self) -> Iterator[ComputerRecord]:
-        for pk, fields in self._entities("Computer"):
+        for _, fields, computer_uuid in self._keyed("Computer", "uuid"):
             scheduler, transport = fields.get("scheduler_type"), fields.get("transport_type")
             if self._older(12):
                 scheduler = _renamed(_SCHEDULERS, scheduler)
             if self._older(13):
                 transport = _renamed(_TRANSPORTS, transport)
             yield ComputerRecord(
-                uuid=_uuid(fields.get("uuid"), "Computer", pk),
+                uuid=computer_uuid,
                 label=fields.get("name" if self._older(11) else "label"),
                 hostname=fields.get("hostname"),
                 description=fields.get("description"),
@@ -193,8 +200,7 @@ class LegacySource:
         converted = self._older(6)
         attribute_dates = _Lookahead(self._stream("node_attributes_conversion", pairs=True)) if converted else None
         extra_dates = _Lookahead(self._stream("node_extras_conversion", pairs=True)) if converted else None
-        for pk, fields in self._entities("Node"):
-            node_uuid = _uuid(fields.get("uuid"), "Node", pk)
+        for pk, fields, node_uuid in self._keyed("Node", "uuid"):
             node_type, process_type = fields.get("node_type"), fields.get("process_type")
             if not isinstance(node_type, str):
                 raise InvalidArchiveEntry("node", node_uuid, f"node_type is {node_type!r}, not a type string")
