@@ -430,9 +430,14 @@ def test_import_drops_unknown_group_members(target: SqlaBackend) -> None:  # noq
             == uuid_module.UUID("a36001a4-fdad-4f0d-86c3-4373a5b88c6b")
 
 
-def test_import_refuses_the_dangling_link(target: SqlaBackend) -> None:  # noqa: F811
+def test_import_refuses_the_dangling_link(target: SqlaBackend, tmp_path: Path) -> None:  # noqa: F811
     before = _counts(target)
     with pytest.raises(InvalidArchiveEntry, match="26522c2f-13e0-4b80-af13-cbc8c09df211"):
         import_archive(ARCHIVES / "0.10_dangling_link.aiida", target)
+    # A link end that is not even a uuid is refused the same way.
+    data = legacy_data({}, {}, links_uuid=[{"input": None, "output": "a36001a4-fdad-4f0d-86c3-4373a5b88c6b",
+                                            "type": "input_calc", "label": "x"}])
+    with pytest.raises(InvalidArchiveEntry):
+        import_archive(write_archive(tmp_path / "null-input.aiida", "0.10", data), target)
     assert _counts(target) == before
     assert list(object_store_for(target).keys()) == []

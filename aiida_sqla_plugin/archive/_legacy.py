@@ -246,8 +246,8 @@ class LegacySource:
             if self._older(8) and label == "_return":
                 label = "result"
             yield LinkRecord(
-                input_uuid=_uuid(link.get("input"), "link input", identifier),
-                output_uuid=_uuid(link.get("output"), "link output", identifier),
+                input_uuid=_as_written_uuid(link.get("input")),
+                output_uuid=_as_written_uuid(link.get("output")),
                 type=link_type,
                 label=label,
             )
@@ -276,7 +276,7 @@ class LegacySource:
             if not isinstance(members, list):
                 raise InvalidArchiveEntry("group", group_uuid, "its member list is not a list")
             for member in members:
-                yield GroupNodeRecord(group_uuid=group_uuid, node_uuid=_member(member))
+                yield GroupNodeRecord(group_uuid=group_uuid, node_uuid=_as_written_uuid(member))
 
     def comments(self) -> Iterator[CommentRecord]:
         for pk, fields in self._entities("Comment"):
@@ -390,8 +390,9 @@ def _renamed(names: dict[str, str], value: Any) -> Any:
     return names.get(value, value) if isinstance(value, str) else value
 
 
-def _member(value: Any) -> Any:
-    """A group member as a lowercase dashed uuid when it is one, else as written."""
+def _as_written_uuid(value: Any) -> Any:
+    """A reference (link end, group member) as a lowercase dashed uuid when it is one, else as written: the
+    importer refuses or drops what the archive does not hold."""
     try:
         return str(uuid_module.UUID(value))
     except (TypeError, ValueError, AttributeError):
