@@ -92,8 +92,9 @@ class ArchiveDb:
         return {uuid: (json.loads(a) if a else a, json.loads(e) if e else e) for uuid, a, e in rows}
 
 
-def _rezip(source: Path, destination: Path, change: Callable[[sqlite3.Connection], None], metadata: dict[str, Any] | None = None) -> Path:
-    """A copy of the archive ``source`` whose database ``change`` modified."""
+def _rezip(source: Path, destination: Path, change: Callable[[sqlite3.Connection], None], metadata: dict[str, Any] | None = None,
+           corrupt: str | None = None) -> Path:
+    """A copy of the archive ``source`` whose database ``change`` modified (and object ``corrupt`` altered)."""
     work = destination.parent / (destination.name + ".work")
     work.mkdir()
     with zipfile.ZipFile(source) as zipped:
@@ -108,7 +109,7 @@ def _rezip(source: Path, destination: Path, change: Callable[[sqlite3.Connection
         out.writestr("metadata.json", json.dumps(meta))
         out.write(work / "db.sqlite3", "db.sqlite3")
         for info, data in entries:
-            out.writestr(info, data)
+            out.writestr(info, data + b"!" if info.filename == f"repo/{corrupt}" else data)
     return destination
 
 
@@ -299,3 +300,53 @@ def test_export_then_import_gives_the_same_graph(target: SqlaBackend, dialect: s
     assert _graph(second) == _graph(target)
     assert _counts(second) == _counts(target)
     assert not import_archive(exported.path, second, batch_size=64).changed
+
+
+def test_cli_import_and_export(database_url: Any, dialect: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from aiida_sqla_plugin.cli import cli
+    from aiida_sqla_plugin.config import CONFIG_DIR_ENV, DATA_DIR_ENV
+
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path / "config"))
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "data"))
+
+    def invoke(*args: str, code: int = 0) -> Any:
+        result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+        assert result.exit_code == code, result.stdout + result.stderr
+        return result
+
+    invoke("profile", "create", "p", "--url", database_url.render_as_string(hide_password=False))
+    invoke("storage", "migrate", "--force")
+    archive = str(ARCHIVES / "export_main_0001_simple.aiida")
+    dry = json.loads(invoke("archive", "import", archive, "--dry-run", "--json").stdout)
+    assert dry["dry_run"] and dry["counts"]["nodes"]["new"] == 10
+    text = invoke("archive", "import", archive, "--group", "imported").stdout
+    assert "nodes        10 new, 0 already present" in text
+    assert "Nothing new" in invoke("archive", "import", archive).stdout
+    backend = SqlaBackend(aiida_sqla_plugin.Profile(name="p", storage_config={"url": database_url.render_as_string(hide_password=False)}))
+    assert _counts(backend)["db_dbnode"] == 10
+    assert len(list(object_store_for(backend).keys())) == 16
+    refused = invoke("archive", "import", str(ARCHIVES / "empty.aiida"), code=1)
+    assert "supported archive versions" in refused.stderr and "Traceback" not in refused.stderr
+    exported = json.loads(invoke("archive", "export", str(tmp_path / "out.aiida"), "--groups", "imported", "--json").stdout)
+    assert exported["counts"]["db_dbnode"] == 10 and exported["objects"] == 16
+
+
+def test_corrupt_object_fails_atomically(target: SqlaBackend, tmp_path: Path) -> None:
+    source = ARCHIVES / "export_main_0001_simple.aiida"
+    keys = sorted(ArchiveDb(source, tmp_path / "x").objects)
+    archive = _rezip(source, tmp_path / "corrupt.aiida", lambda db: None, corrupt=keys[-1])
+    before = _state(target)
+    with pytest.raises(InvalidArchiveEntry, match=f"object {keys[-1]}.*corrupt"):
+        import_archive(archive, target)
+    assert _state(target) == before  # the objects written before the bad one are removed again
+    result = import_archive(archive, target, skip_invalid=True)
+    assert result.counts["objects"] == {"new": len(keys) - 1, "present": 0, "skipped": 1}
+    assert sorted(object_store_for(target).keys()) == keys[:-1]
+
+
+def test_no_objects(target: SqlaBackend) -> None:
+    result = import_archive(ARCHIVES / "export_main_0001_simple.aiida", target, objects=False)
+    assert result.counts["nodes"]["new"] == 10 and result.counts["objects"]["new"] == 0
+    assert list(object_store_for(target).keys()) == []
