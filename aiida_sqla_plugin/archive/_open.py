@@ -1,20 +1,18 @@
 """Open an archive file as an :class:`ArchiveSource`, whatever its format, or refuse it saying why."""
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import zipfile
 from pathlib import Path
 from typing import Any
 
+from ._legacy import LEGACY_VERSIONS, open_legacy
 from ._source import ArchiveSource, UnsupportedArchive
 from ._zip import ZIP_VERSIONS, ZipArchiveSource
 
 __all__ = ("LEGACY_VERSIONS", "SUPPORTED_VERSIONS", "open_archive")
 
-#: The JSON layout versions of AiiDA 1.x and older that aiida-core 2.x still imports.
-LEGACY_VERSIONS = tuple(f"0.{minor}" for minor in range(4, 14))
 SUPPORTED_VERSIONS = (*LEGACY_VERSIONS, *ZIP_VERSIONS)
 METADATA_FILENAME = "metadata.json"
 
@@ -60,15 +58,7 @@ def open_archive(path: str | os.PathLike[str]) -> ArchiveSource:
         if version in ZIP_VERSIONS:
             return ZipArchiveSource(archive, metadata)
         if version in LEGACY_VERSIONS:
-            try:  # the legacy reader is imported only when needed
-                legacy: Any = importlib.import_module(f"{__package__}._legacy")
-            except ModuleNotFoundError as error:
-                if error.name != f"{__package__}._legacy":
-                    raise
-                raise _refuse(path, f"it is a JSON archive of version {version}, which this installation "
-                              "cannot read yet", "convert it with aiida-core (`verdi archive migrate`) to main_0001") from None
-            source: ArchiveSource = legacy.open_legacy(archive, metadata)
-            return source
+            return open_legacy(archive, metadata)
         raise _refuse(path, f"its version is {version!r}")
     except BaseException:
         archive.close()
