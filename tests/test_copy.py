@@ -1,0 +1,210 @@
+"""copy_storage: a profile's storage copied into another profile, across and within dialects."""
+from __future__ import annotations
+
+import datetime
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, text
+
+import aiida_sqla_plugin
+from aiida_sqla_plugin.archive import StorageNotEmpty, copy_storage
+from aiida_sqla_plugin.backend import SqlaBackend
+from aiida_sqla_plugin.exceptions import ValidationError
+from aiida_sqla_plugin.graph import get_ancestors, get_descendants
+from aiida_sqla_plugin.maintenance import check_integrity
+from aiida_sqla_plugin.manager import SqlaBackendManager
+from aiida_sqla_plugin.models import (
+    Base,
+    DbAuthInfo,
+    DbComment,
+    DbComputer,
+    DbGroup,
+    DbGroupNode,
+    DbLink,
+    DbLog,
+    DbNode,
+    DbPath,
+    DbSetting,
+    DbUser,
+)
+from aiida_sqla_plugin.synthetic import build_graph
+from aiida_sqla_plugin.utils import closure_status, install_tc
+
+from conftest import DIALECTS, require_postgres
+from helpers import create_postgres_database, drop_postgres_database
+
+TABLES: tuple[type[Base], ...] = (
+    DbUser, DbComputer, DbAuthInfo, DbNode, DbLink, DbGroup, DbGroupNode, DbComment, DbLog, DbPath, DbSetting,
+)
+WHEN = datetime.datetime(2025, 5, 4, 3, 2, 1, 123456, tzinfo=datetime.timezone.utc)
+
+
+def _new_profile(dialect: str, tmp_path: Path, request: pytest.FixtureRequest, name: str) -> aiida_sqla_plugin.Profile:
+    if dialect == "sqlite":
+        url = f"sqlite:///{tmp_path / f'{name}.sqlite'}"
+    else:
+        require_postgres()
+        new_url = create_postgres_database()
+        request.addfinalizer(lambda: (aiida_sqla_plugin.dispose_engines(), drop_postgres_database(new_url)))
+        url = new_url.render_as_string(hide_password=False)
+    return aiida_sqla_plugin.Profile(name, "sqlalchemy", {"url": url})
+
+
+@pytest.fixture(params=DIALECTS)
+def target_dialect(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def target(target_dialect: str, tmp_path: Path, request: pytest.FixtureRequest) -> aiida_sqla_plugin.Profile:
+    return _new_profile(target_dialect, tmp_path, request, "copy-target")
+
+
+def _populate(backend: SqlaBackend, nodes: int = 300) -> None:
+    """A synthetic graph with the closure installed, plus every other entity and a setting of its own."""
+    build_graph(backend, nodes // 2, seed=3)
+    with backend.transaction(write=True) as session:  # three nodes that leave a gap in the ids
+        user_id = session.execute(select(DbUser.id)).scalar_one()
+        gap = [DbNode(node_type="data.core.int.Int.", user_id=user_id) for _ in range(3)]
+        session.add_all(gap)
+    with backend.transaction(write=True) as session:
+        session.execute(DbNode.__table__.delete().where(DbNode.id.in_([node.id for node in gap])))
+    build_graph(backend, nodes - nodes // 2, seed=4)
+    with backend.transaction(write=True) as session:
+        user = session.execute(select(DbUser)).scalars().first()
+        computer = session.execute(select(DbComputer)).scalars().first()
+        assert user is not None and computer is not None
+        node_ids = list(session.execute(select(DbNode.id).order_by(DbNode.id)).scalars())
+        session.add(DbAuthInfo(aiidauser_id=user.id, dbcomputer_id=computer.id, auth_params={"key": "v"}))
+        group = DbGroup(label="g1", user_id=user.id, extras={"x": [1, 2.5, "é"]}, time=WHEN)
+        session.add_all([group, DbGroup(label="empty", user_id=user.id)])
+        session.flush()
+        session.add_all(DbGroupNode(dbgroup_id=group.id, dbnode_id=pk) for pk in node_ids[::7])
+        session.add(DbComment(dbnode_id=node_ids[5], user_id=user.id, content="a\ttab\nnewline \\ backslash", ctime=WHEN))
+        session.add(DbLog(dbnode_id=node_ids[9], loggername="aiida.x", levelname="REPORT", message="m", metadata_={"n": None}))
+        session.add(DbSetting(key="custom", val={"nested": [1, None, True]}, description="d", time=WHEN))
+    with backend.transaction(write=True) as session:
+        install_tc(session)
+
+
+def _counts(backend: SqlaBackend) -> dict[str, int]:
+    with backend.engine.connect() as connection:
+        return {model.__tablename__: int(connection.execute(select(func.count()).select_from(model)).scalar_one()) for model in TABLES}
+
+
+def _rows(backend: SqlaBackend, model: type[Base], exclude: tuple[str, ...] = ()) -> list[tuple[Any, ...]]:
+    table = model.__table__
+    columns = [column for column in table.columns if column.name not in exclude]
+    with backend.engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(select(*columns).order_by(*columns[:2]))]
+
+
+def _settings(backend: SqlaBackend) -> dict[str, tuple[Any, str, datetime.datetime]]:
+    with backend.engine.connect() as connection:
+        return {row.key: (row.val, row.description, row.time) for row in connection.execute(select(DbSetting))}
+
+
+def test_copy_keeps_every_row_and_answer(backend: SqlaBackend, target: aiida_sqla_plugin.Profile):
+    _populate(backend)
+    progress: list[tuple[str, int, int | None]] = []
+    result = copy_storage(backend.profile, target, progress=lambda *args: progress.append(args))
+    copied = SqlaBackend(target)
+    source_counts = _counts(backend)
+    assert source_counts["db_dbnode"] == 300 and source_counts["db_dbpath"] > source_counts["db_dblink"] > 0
+    assert _counts(copied) == source_counts
+    assert result.rows["db_dbnode"] == 300 and result.rows["db_dbpath"] == source_counts["db_dbpath"]
+    assert result.rows["db_dbsetting"] == 2  # custom and closure_link_types; schema_generation is the target's own
+    assert ("copy db_dbnode", 300, 300) in progress
+    for model in TABLES[:-1]:
+        assert _rows(copied, model) == _rows(backend, model), model.__tablename__
+    # settings: equal values, descriptions and times, but for the time the target's own migration wrote
+    assert _settings(copied).keys() == _settings(backend).keys() == {"schema_generation", "custom", "closure_link_types"}
+    assert _settings(copied)["custom"] == _settings(backend)["custom"] == ({"nested": [1, None, True]}, "d", WHEN)
+    assert _settings(copied)["closure_link_types"] == _settings(backend)["closure_link_types"]
+    assert _settings(copied)["schema_generation"][:2] == _settings(backend)["schema_generation"][:2]
+    assert copied.query_manager.get_creation_statistics() == backend.query_manager.get_creation_statistics()
+    sample = random.Random(1).sample(_rows(backend, DbNode), 20)
+    for row in sample:
+        pk = row[0]
+        assert get_ancestors([pk], backend=copied) == get_ancestors([pk], backend=backend)
+        assert get_descendants([pk], backend=copied) == get_descendants([pk], backend=backend)
+    assert check_integrity(copied) == []
+    with copied.transaction() as session:
+        status = closure_status(session)
+    assert status.installed and status.rows == source_counts["db_dbpath"]
+    # the copy keeps working: new ids follow the copied ones, and the closure triggers follow new links
+    with copied.transaction(write=True) as session:
+        user_id = session.execute(select(DbUser.id)).scalars().first()
+        last = session.execute(select(func.max(DbNode.id))).scalar_one()
+        new = DbNode(node_type="data.core.int.Int.", user_id=user_id)
+        session.add(new)
+        session.flush()
+        assert new.id > last
+        calculation = session.execute(select(DbNode.id).where(DbNode.node_type.like("process.calculation.%"))).scalars().first()
+        session.add(DbLink(input_id=calculation, output_id=new.id, label="x", type="create"))
+    assert get_ancestors([new.id], backend=copied) == get_ancestors([calculation], backend=copied) | {calculation}
+    assert check_integrity(copied) == []
+
+
+def test_non_empty_target_is_refused_and_unchanged(backend: SqlaBackend, target: aiida_sqla_plugin.Profile):
+    build_graph(backend, 50, seed=1)
+    occupied = SqlaBackend(target)
+    copy_storage(backend.profile, target)  # migrates, then copies
+    before = _counts(occupied)
+    with pytest.raises(StorageNotEmpty, match="not empty .*nodes.*--merge"):
+        copy_storage(backend.profile, target)
+    assert _counts(occupied) == before
+
+
+def test_a_setting_makes_a_target_non_empty(backend: SqlaBackend, target: aiida_sqla_plugin.Profile):
+    build_graph(backend, 10, seed=1)
+    copied = SqlaBackend(target)
+    SqlaBackendManager(target).migrate()
+    copied.settings.set("only-a-setting", 1)
+    with pytest.raises(StorageNotEmpty, match="settings"):
+        copy_storage(backend.profile, target)
+    assert _counts(copied)["db_dbnode"] == 0
+
+
+def _fail_after_links(description: str, done: int, total: int | None) -> None:
+    if description == "copy db_dbgroup":
+        raise RuntimeError("stopped half-way")
+
+
+def test_failure_half_way_leaves_target_unchanged(backend: SqlaBackend, target: aiida_sqla_plugin.Profile):
+    _populate(backend, 100)
+    with pytest.raises(RuntimeError, match="half-way"):
+        copy_storage(backend.profile, target, progress=_fail_after_links)
+    copied = SqlaBackend(target)
+    assert all(count == 0 for key, count in _counts(copied).items() if key != "db_dbsetting")
+    assert set(_settings(copied)) == {"schema_generation"}
+    copy_storage(backend.profile, target)  # the target is still empty: a second try works
+    assert _counts(copied) == _counts(backend)
+
+
+def test_a_value_the_target_refuses_leaves_it_unchanged(tmp_path: Path, request: pytest.FixtureRequest, target: aiida_sqla_plugin.Profile):
+    source = _new_profile("sqlite", tmp_path, request, "loose-source")
+    aiida_sqla_plugin.reset_session(source)
+    source_backend = SqlaBackend(source)
+    SqlaBackendManager(source).migrate()
+    build_graph(source_backend, 40, seed=2)
+    with source_backend.engine.begin() as connection:  # SQLite does not enforce VARCHAR lengths
+        connection.execute(text("UPDATE db_dbnode SET label = :label WHERE id = (SELECT max(id) FROM db_dbnode)"), {"label": "x" * 300})
+    with pytest.raises(ValidationError, match="db_dbnode row .*label.* longer than 255"):
+        copy_storage(source, target, batch_size=16)
+    assert all(count == 0 for key, count in _counts(SqlaBackend(target)).items() if key != "db_dbsetting")
+
+
+def test_same_database_is_refused(backend: SqlaBackend):
+    with pytest.raises(ValidationError, match="same database"):
+        copy_storage(backend.profile, backend.profile)
+
+
+def test_small_batches_copy_everything(backend: SqlaBackend, tmp_path: Path, request: pytest.FixtureRequest):
+    _populate(backend, 120)
+    target = _new_profile("sqlite", tmp_path, request, "small-batches")
+    copy_storage(backend.profile, target, batch_size=7)
+    assert _counts(SqlaBackend(target)) == _counts(backend)
