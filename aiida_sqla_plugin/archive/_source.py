@@ -79,8 +79,9 @@ class ComputerRecord(TypedDict):
 
 
 class AuthInfoRecord(TypedDict):
-    computer_uuid: str
-    user_email: str
+    #: None (here and in the other references below): the archive refers to a row it does not hold.
+    computer_uuid: str | None
+    user_email: str | None
     enabled: bool | None
     auth_params: dict[str, Any] | None
     metadata: dict[str, Any] | None
@@ -103,8 +104,8 @@ class NodeRecord(TypedDict):
 
 
 class LinkRecord(TypedDict):
-    input_uuid: str
-    output_uuid: str
+    input_uuid: str | None
+    output_uuid: str | None
     #: One of today's link types (``links.LINK_TYPES``).
     type: str
     label: str
@@ -127,7 +128,7 @@ class GroupNodeRecord(TypedDict):
 
 class CommentRecord(TypedDict):
     uuid: str
-    node_uuid: str
+    node_uuid: str | None
     user_email: str | None
     content: str | None
     ctime: datetime.datetime | None
@@ -136,7 +137,7 @@ class CommentRecord(TypedDict):
 
 class LogRecord(TypedDict):
     uuid: str
-    node_uuid: str
+    node_uuid: str | None
     time: datetime.datetime | None
     loggername: str | None
     levelname: str | None
