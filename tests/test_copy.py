@@ -2,20 +2,24 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
+import io
 import random
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 
 import aiida_sqla_plugin
 from aiida_sqla_plugin.archive import StorageNotEmpty, copy_storage
+from aiida_sqla_plugin.archive._export import repository_keys
 from aiida_sqla_plugin.backend import SqlaBackend
 from aiida_sqla_plugin.exceptions import ValidationError
 from aiida_sqla_plugin.graph import get_ancestors, get_descendants
 from aiida_sqla_plugin.maintenance import check_integrity
 from aiida_sqla_plugin.manager import SqlaBackendManager
+from aiida_sqla_plugin.objectstore import object_store_for
 from aiida_sqla_plugin.models import (
     Base,
     DbAuthInfo,
@@ -43,6 +47,7 @@ WHEN = datetime.datetime(2025, 5, 4, 3, 2, 1, 123456, tzinfo=datetime.timezone.u
 
 
 def _new_profile(dialect: str, tmp_path: Path, request: pytest.FixtureRequest, name: str) -> aiida_sqla_plugin.Profile:
+    """A new profile with its object store in ``tmp_path`` (not in the user data directory other tests share)."""
     if dialect == "sqlite":
         url = f"sqlite:///{tmp_path / f'{name}.sqlite'}"
     else:
@@ -50,7 +55,15 @@ def _new_profile(dialect: str, tmp_path: Path, request: pytest.FixtureRequest, n
         new_url = create_postgres_database()
         request.addfinalizer(lambda: (aiida_sqla_plugin.dispose_engines(), drop_postgres_database(new_url)))
         url = new_url.render_as_string(hide_password=False)
-    return aiida_sqla_plugin.Profile(name, "sqlalchemy", {"url": url})
+    return aiida_sqla_plugin.Profile(name, "sqlalchemy", {"url": url, "repository": str(tmp_path / f"{name}.objects")})
+
+
+@pytest.fixture
+def backend(dialect: str, tmp_path: Path, request: pytest.FixtureRequest) -> SqlaBackend:
+    """The source: a migrated profile of the test's dialect."""
+    profile = _new_profile(dialect, tmp_path, request, "copy-source")
+    SqlaBackendManager(profile).migrate()
+    return SqlaBackend(profile)
 
 
 @pytest.fixture(params=DIALECTS)
@@ -64,7 +77,7 @@ def target(target_dialect: str, tmp_path: Path, request: pytest.FixtureRequest) 
 
 
 def _populate(backend: SqlaBackend, nodes: int = 300) -> None:
-    """A synthetic graph with the closure installed, plus every other entity and a setting of its own."""
+    """A synthetic graph with the closure installed, plus every other entity, files and a setting of its own."""
     build_graph(backend, nodes // 2, seed=3)
     with backend.transaction(write=True) as session:  # three nodes that leave a gap in the ids
         user_id = session.execute(select(DbUser.id)).scalar_one()
@@ -86,6 +99,12 @@ def _populate(backend: SqlaBackend, nodes: int = 300) -> None:
         session.add(DbComment(dbnode_id=node_ids[5], user_id=user.id, content="a\ttab\nnewline \\ backslash", ctime=WHEN))
         session.add(DbLog(dbnode_id=node_ids[9], loggername="aiida.x", levelname="REPORT", message="m", metadata_={"n": None}))
         session.add(DbSetting(key="custom", val={"nested": [1, None, True]}, description="d", time=WHEN))
+        store = object_store_for(backend)
+        keys = [store.put(io.BytesIO(f"content {i}".encode())) for i in range(3)]
+        session.execute(update(DbNode).where(DbNode.id == node_ids[1]).values(
+            repository_metadata={"o": {"a.txt": {"k": keys[0]}, "sub": {"o": {"b.txt": {"k": keys[1]}}}}}))
+        session.execute(update(DbNode).where(DbNode.id == node_ids[2]).values(repository_metadata={"o": {"c.txt": {"k": keys[2]}}}))
+        store.put(io.BytesIO(b"referenced by no node"))
     with backend.transaction(write=True) as session:
         install_tc(session)
 
@@ -100,6 +119,21 @@ def _rows(backend: SqlaBackend, model: type[Base], exclude: tuple[str, ...] = ()
     columns = [column for column in table.columns if column.name not in exclude]
     with backend.engine.connect() as connection:
         return [tuple(row) for row in connection.execute(select(*columns).order_by(*columns[:2]))]
+
+
+def _referenced(backend: SqlaBackend) -> set[str]:
+    with backend.engine.connect() as connection:
+        return {key for (metadata,) in connection.execute(select(DbNode.repository_metadata)) for key in repository_keys(metadata)}
+
+
+def _objects(backend: SqlaBackend) -> dict[str, str]:
+    """Every stored object: key -> sha256 of its bytes."""
+    store = object_store_for(backend)
+    result = {}
+    for key in store.keys():
+        with store.open(key) as handle:
+            result[key] = hashlib.sha256(handle.read()).hexdigest()
+    return result
 
 
 def _settings(backend: SqlaBackend) -> dict[str, tuple[Any, str, datetime.datetime]]:
@@ -125,6 +159,11 @@ def test_copy_keeps_every_row_and_answer(backend: SqlaBackend, target: aiida_sql
     assert _settings(copied)["custom"] == _settings(backend)["custom"] == ({"nested": [1, None, True]}, "d", WHEN)
     assert _settings(copied)["closure_link_types"] == _settings(backend)["closure_link_types"]
     assert _settings(copied)["schema_generation"][:2] == _settings(backend)["schema_generation"][:2]
+    source_objects = _objects(backend)
+    assert len(source_objects) == 4 and all(key == digest for key, digest in source_objects.items())
+    # the referenced objects, with their bytes, and not the one no node references
+    assert _objects(copied) == {key: digest for key, digest in source_objects.items() if key in _referenced(backend)}
+    assert result.objects == 3
     assert copied.query_manager.get_creation_statistics() == backend.query_manager.get_creation_statistics()
     sample = random.Random(1).sample(_rows(backend, DbNode), 20)
     for row in sample:
@@ -174,6 +213,19 @@ def _fail_after_links(description: str, done: int, total: int | None) -> None:
         raise RuntimeError("stopped half-way")
 
 
+def _fail_after_objects(description: str, done: int, total: int | None) -> None:
+    if description == "copy objects" and done == 2:
+        raise RuntimeError("stopped while copying objects")
+
+
+def test_failure_while_copying_objects_removes_them(backend: SqlaBackend, target: aiida_sqla_plugin.Profile):
+    _populate(backend, 60)
+    with pytest.raises(RuntimeError, match="objects"):
+        copy_storage(backend.profile, target, progress=_fail_after_objects)
+    assert _objects(SqlaBackend(target)) == {}
+    assert _counts(SqlaBackend(target))["db_dbnode"] == 0
+
+
 def test_failure_half_way_leaves_target_unchanged(backend: SqlaBackend, target: aiida_sqla_plugin.Profile):
     _populate(backend, 100)
     with pytest.raises(RuntimeError, match="half-way"):
@@ -181,6 +233,7 @@ def test_failure_half_way_leaves_target_unchanged(backend: SqlaBackend, target: 
     copied = SqlaBackend(target)
     assert all(count == 0 for key, count in _counts(copied).items() if key != "db_dbsetting")
     assert set(_settings(copied)) == {"schema_generation"}
+    assert _objects(copied) == {}
     copy_storage(backend.profile, target)  # the target is still empty: a second try works
     assert _counts(copied) == _counts(backend)
 
@@ -208,3 +261,41 @@ def test_small_batches_copy_everything(backend: SqlaBackend, tmp_path: Path, req
     target = _new_profile("sqlite", tmp_path, request, "small-batches")
     copy_storage(backend.profile, target, batch_size=7)
     assert _counts(SqlaBackend(target)) == _counts(backend)
+
+
+def test_merge_adds_only_what_is_new_and_twice_is_a_no_op(backend: SqlaBackend, target: aiida_sqla_plugin.Profile):
+    _populate(backend, 80)
+    copied = SqlaBackend(target)
+    SqlaBackendManager(target).migrate()
+    with copied.transaction(write=True) as session:  # the target has a graph of its own, and the source's user
+        session.add(DbUser(email="synthetic@example.org", first_name="already here"))
+    build_graph(copied, 30, seed=9)
+    with copied.transaction(write=True) as session:
+        install_tc(session)  # the target's triggers keep its closure exact through the merge
+    before = _counts(copied)
+    source = _counts(backend)
+    first = copy_storage(backend.profile, target, merge=True)
+    assert first.merged and first.merge_report is not None
+    assert first.rows["db_dbnode"] == source["db_dbnode"] and first.rows["db_dbuser"] == 0
+    assert first.merge_report.counts["users"]["present"] == 1
+    after = _counts(copied)
+    assert after["db_dbpath"] > before["db_dbpath"]
+    for table in ("db_dbnode", "db_dblink", "db_dbgroup", "db_dbgroup_dbnodes", "db_dbcomment", "db_dblog", "db_dbauthinfo"):
+        assert after[table] == before[table] + source[table], table
+    assert after["db_dbuser"] == before["db_dbuser"]
+    assert _settings(copied)["custom"] == _settings(backend)["custom"]
+    assert _objects(copied) == {key: key for key in _referenced(backend)}
+    with copied.engine.connect() as connection:  # the source's nodes keep their uuids and content
+        uuids = set(connection.execute(select(DbNode.uuid)).scalars())
+    with backend.engine.connect() as connection:
+        assert set(connection.execute(select(DbNode.uuid)).scalars()) <= uuids
+    second = copy_storage(backend.profile, target, merge=True)
+    assert _counts(copied) == after
+    assert second.merge_report is not None and not second.merge_report.changed and second.objects == 0
+    assert check_integrity(copied) == []
+
+
+def test_merge_into_an_empty_target_is_a_plain_copy(backend: SqlaBackend, target: aiida_sqla_plugin.Profile):
+    _populate(backend, 40)
+    result = copy_storage(backend.profile, target, merge=True)
+    assert not result.merged and _counts(SqlaBackend(target)) == _counts(backend)
