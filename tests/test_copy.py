@@ -4,17 +4,21 @@ from __future__ import annotations
 import datetime
 import hashlib
 import io
+import json
 import random
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import func, select, text, update
 
 import aiida_sqla_plugin
 from aiida_sqla_plugin.archive import StorageNotEmpty, copy_storage
 from aiida_sqla_plugin.archive._export import repository_keys
 from aiida_sqla_plugin.backend import SqlaBackend
+from aiida_sqla_plugin.cli import cli
+from aiida_sqla_plugin.config import CONFIG_DIR_ENV, ConfigFile
 from aiida_sqla_plugin.exceptions import ValidationError
 from aiida_sqla_plugin.graph import get_ancestors, get_descendants
 from aiida_sqla_plugin.maintenance import check_integrity
@@ -299,3 +303,24 @@ def test_merge_into_an_empty_target_is_a_plain_copy(backend: SqlaBackend, target
     _populate(backend, 40)
     result = copy_storage(backend.profile, target, merge=True)
     assert not result.merged and _counts(SqlaBackend(target)) == _counts(backend)
+
+
+def test_cli_copy_then_refusal_then_merge(backend: SqlaBackend, target: aiida_sqla_plugin.Profile, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path / "config"))
+    _populate(backend, 40)
+    config = ConfigFile()
+    config.add_profile(aiida_sqla_plugin.Profile("laptop", "sqlalchemy", dict(backend.profile.storage_config)), make_default=True)
+    config.add_profile(aiida_sqla_plugin.Profile("server", "sqlalchemy", dict(target.storage_config)))
+
+    def invoke(*args: str, code: int = 0) -> str:
+        result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+        assert result.exit_code == code, result.output
+        return result.output
+
+    assert "copied to 'server': 1 db_dbuser" in invoke("storage", "copy", "--to", "server")
+    assert _counts(SqlaBackend(target)) == _counts(backend)
+    assert "is not empty" in invoke("storage", "copy", "--to", "server", code=1)
+    merged = json.loads(invoke("-p", "laptop", "storage", "copy", "--to", "server", "--merge", "--json"))
+    assert merged["merged"] is True and merged["merge"]["changed"] is False and merged["rows"]["db_dbnode"] == 0
+    invoke("storage", "copy", code=2)  # --to is required
