@@ -111,7 +111,7 @@ def _snapshot(backend: SqlaBackend) -> Iterator[Connection]:
 def _batches(connection: Connection, model: type[Base], batch_size: int) -> Iterator[list[Any]]:
     table = table_of(model)
     statement = select(table).order_by(*table.primary_key.columns)
-    result = connection.execution_options(stream_results=True, yield_per=batch_size).execute(statement)
+    result = connection.execute(statement, execution_options={"stream_results": True, "yield_per": batch_size})
     for partition in result.partitions(batch_size):
         yield list(partition)
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import aliased
 
 from ..models import DbAuthInfo, DbComment, DbComputer, DbGroup, DbGroupNode, DbLink, DbLog, DbNode, DbUser
 from ..objectstore import ObjectStore
-from ._export import repository_keys
+from ._export import referenced_object_keys
 from ._source import (
     AuthInfoRecord,
     CommentRecord,
@@ -49,7 +49,7 @@ class ProfileSource:
         self._batch_size = batch_size
 
     def _rows(self, statement: Select[Any]) -> Iterator[Any]:
-        result = self._connection.execution_options(stream_results=True, yield_per=self._batch_size).execute(statement)
+        result = self._connection.execute(statement, execution_options={"stream_results": True, "yield_per": self._batch_size})
         for partition in result.partitions(self._batch_size):
             yield from partition
 
@@ -141,16 +141,9 @@ class ProfileSource:
             yield LogRecord(uuid=str(row[0]), node_uuid=str(row[1]), time=row[2], loggername=row[3], levelname=row[4],
                             message=row[5], metadata=row[6])
 
-    def object_keys(self) -> set[str]:
-        """The keys of every object the nodes reference (read from ``repository_metadata`` in batches)."""
-        keys: set[str] = set()
-        for row in self._rows(select(DbNode.repository_metadata).order_by(DbNode.id)):
-            keys.update(repository_keys(row[0]))
-        return keys
-
     def objects(self) -> Iterator[tuple[str, ObjectOpener]]:
         store = self._store
-        for key in sorted(self.object_keys()):
+        for key in sorted(referenced_object_keys(self._connection, self._batch_size)):
 
             def opener(key: str = key) -> IO[bytes]:
                 return store.open(key)
