@@ -149,6 +149,3 @@ def _maintain_objects(backend: SqlaBackend, result: MaintenanceReport, remove: b
             if remove:
                 store.remove(key)
                 result.objects_removed += 1
-    if result.unreferenced_objects:
-        verb = "removed" if remove else "found"
-        result.actions.append(f"{verb} {result.unreferenced_objects} unreferenced objects ({result.unreferenced_bytes} bytes)")
