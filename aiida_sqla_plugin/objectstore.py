@@ -4,7 +4,8 @@ An object lives at ``<root>/<first two hex digits>/<remaining 62 hex digits>``. 
 to a temporary file in the store, hashes what it writes, fsyncs and renames it into place only when the hash is
 right, so a reader never sees half an object and a wrong one is never stored. Where the store is: the profile's
 ``storage_config["repository"]`` when set; otherwise beside a SQLite database file (``<file>.objects/``), or for
-PostgreSQL under the user data directory, ``<user data>/aiida-sqla-plugin/objects/<profile name>``.
+PostgreSQL under this package's data directory (:func:`config.data_dir`: ``$AIIDA_SQLA_DATA_DIR`` or the user
+data directory), ``<data dir>/objects/<profile name>``.
 """
 from __future__ import annotations
 
@@ -16,8 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-import platformdirs
-
+from .config import data_dir
 from .exceptions import AiidaSqlaError, ConfigurationError, NotExistent, ValidationError
 from .profile import ProfileLike, database_url, sqlite_path
 
@@ -147,10 +147,12 @@ def default_root(profile: ProfileLike) -> Path:
             f"Profile {profile.name!r}: an in-memory SQLite database has no place for files; set "
             f"storage_config[{REPOSITORY_KEY!r}] to a folder"
         )
-    return platformdirs.user_data_path("aiida-sqla-plugin") / "objects" / profile.name
+    return data_dir() / "objects" / profile.name
 
 
 def object_store_for(backend: SqlaBackend | ProfileLike) -> ObjectStore:
     """The object store of a backend (or of a profile)."""
-    profile: ProfileLike = getattr(backend, "profile", backend)
+    from .backend import SqlaBackend  # noqa: PLC0415 - the backend module does not need the store at import
+
+    profile = backend.profile if isinstance(backend, SqlaBackend) else backend
     return ObjectStore(default_root(profile))

@@ -5,10 +5,10 @@ import hashlib
 import io
 from pathlib import Path
 
-import platformdirs
 import pytest
 
 import aiida_sqla_plugin
+from aiida_sqla_plugin.config import data_dir
 from aiida_sqla_plugin.exceptions import ConfigurationError, NotExistent, ValidationError
 from aiida_sqla_plugin.objectstore import ObjectHashMismatch, ObjectStore, default_root, object_store_for
 
@@ -81,7 +81,7 @@ def test_location_from_profile(tmp_path: Path) -> None:
     sqlite = aiida_sqla_plugin.Profile(name="p", storage_config={"url": f"sqlite:///{tmp_path / 'db.sqlite'}"})
     assert default_root(sqlite) == tmp_path / "db.sqlite.objects"
     postgres = aiida_sqla_plugin.Profile(name="prof", storage_config={"url": "postgresql://u@localhost/db"})
-    assert default_root(postgres) == platformdirs.user_data_path("aiida-sqla-plugin") / "objects" / "prof"
+    assert default_root(postgres) == data_dir() / "objects" / "prof"
     configured = aiida_sqla_plugin.Profile(name="p", storage_config={"url": "postgresql://u@h/db", "repository": str(tmp_path / "r")})
     assert default_root(configured) == tmp_path / "r"
     memory = aiida_sqla_plugin.Profile(name="m", storage_config={"url": "sqlite://"})

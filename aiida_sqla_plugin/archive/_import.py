@@ -353,7 +353,9 @@ class _Importer:
         group = table_of(DbGroup)
         for batch in _batches(self.source.groups(), self.batch_size):
             self.groups.update(self.existing(group.c.uuid, group.c.id, {r["uuid"] for r in batch}))
-            rows, names, seen = [], [], set()
+            rows: list[dict[str, Any]] = []
+            names: list[str] = []
+            seen: set[str] = set()
             for record in batch:
                 uuid = record["uuid"]
                 if uuid in self.groups or uuid in seen:
@@ -387,7 +389,7 @@ class _Importer:
             pairs = []
             for record in batch:
                 group = self.groups.get(record["group_uuid"])
-                node = pks.get(record["node_uuid"])
+                node = pks.get(record["node_uuid"] or "")
                 where = f"{record['group_uuid']} member {record['node_uuid']}"
                 if group is None:
                     self.invalid("group_node", where, "its group is not in the archive")

@@ -1,6 +1,7 @@
 """Open an archive file as an :class:`ArchiveSource`, whatever its format, or refuse it saying why."""
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import zipfile
@@ -59,12 +60,15 @@ def open_archive(path: str | os.PathLike[str]) -> ArchiveSource:
         if version in ZIP_VERSIONS:
             return ZipArchiveSource(archive, metadata)
         if version in LEGACY_VERSIONS:
-            try:
-                from ._legacy import open_legacy  # noqa: PLC0415 - the legacy reader is optional until it lands
-            except ImportError:
+            try:  # the legacy reader is imported only when needed
+                legacy: Any = importlib.import_module(f"{__package__}._legacy")
+            except ModuleNotFoundError as error:
+                if error.name != f"{__package__}._legacy":
+                    raise
                 raise _refuse(path, f"it is a JSON archive of version {version}, which this installation "
                               "cannot read yet", "convert it with aiida-core (`verdi archive migrate`) to main_0001") from None
-            return open_legacy(archive, metadata)
+            source: ArchiveSource = legacy.open_legacy(archive, metadata)
+            return source
         raise _refuse(path, f"its version is {version!r}")
     except BaseException:
         archive.close()

@@ -123,7 +123,7 @@ class GroupRecord(TypedDict):
 
 class GroupNodeRecord(TypedDict):
     group_uuid: str
-    node_uuid: str
+    node_uuid: str | None
 
 
 class CommentRecord(TypedDict):

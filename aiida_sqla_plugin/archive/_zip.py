@@ -95,26 +95,29 @@ class ZipArchiveSource:
             ) from error
 
     def _rows(self, query: str) -> Iterator[sqlite3.Row]:
-        """The rows of ``query`` (whose first column is the table's ``id``, aliased ``pk``) in batches by pk."""
+        """The rows of ``query`` in batches by primary key.
+
+        ``query`` selects from one table aliased ``m`` (its ``m.id`` as ``pk``) and joins others; the key
+        condition goes on ``m.id`` itself, so each batch is an index range, not a scan.
+        """
         self._db.row_factory = sqlite3.Row
-        last = None
+        last = -1
         while True:
-            where = "" if last is None else f"WHERE pk > {int(last)}"
-            rows = self._db.execute(f"SELECT * FROM ({query}) {where} ORDER BY pk LIMIT {BATCH_SIZE}").fetchall()
+            rows = self._db.execute(f"{query} WHERE m.id > ? ORDER BY m.id LIMIT ?", (last, BATCH_SIZE)).fetchall()
             if not rows:
                 return
             yield from rows
             last = rows[-1]["pk"]
 
     def users(self) -> Iterator[UserRecord]:
-        for row in self._rows("SELECT id AS pk, email, first_name, last_name, institution FROM db_dbuser"):
+        for row in self._rows("SELECT m.id AS pk, email, first_name, last_name, institution FROM db_dbuser m"):
             yield UserRecord(
                 email=row["email"], first_name=row["first_name"], last_name=row["last_name"],
                 institution=row["institution"],
             )
 
     def computers(self) -> Iterator[ComputerRecord]:
-        query = "SELECT id AS pk, uuid, label, hostname, description, scheduler_type, transport_type, metadata FROM db_dbcomputer"
+        query = "SELECT m.id AS pk, uuid, label, hostname, description, scheduler_type, transport_type, metadata FROM db_dbcomputer m"
         for row in self._rows(query):
             uuid = _uuid(row["uuid"])
             yield ComputerRecord(
@@ -125,9 +128,9 @@ class ZipArchiveSource:
 
     def authinfos(self) -> Iterator[AuthInfoRecord]:
         query = (
-            "SELECT a.id AS pk, c.uuid AS computer_uuid, u.email AS user_email, a.enabled, a.auth_params, a.metadata "
-            "FROM db_dbauthinfo a LEFT JOIN db_dbcomputer c ON c.id = a.dbcomputer_id "
-            "LEFT JOIN db_dbuser u ON u.id = a.aiidauser_id"
+            "SELECT m.id AS pk, c.uuid AS computer_uuid, u.email AS user_email, m.enabled, m.auth_params, m.metadata "
+            "FROM db_dbauthinfo m LEFT JOIN db_dbcomputer c ON c.id = m.dbcomputer_id "
+            "LEFT JOIN db_dbuser u ON u.id = m.aiidauser_id"
         )
         for row in self._rows(query):
             where = f"at position {row['pk']}"
@@ -139,9 +142,9 @@ class ZipArchiveSource:
 
     def nodes(self) -> Iterator[NodeRecord]:
         query = (
-            "SELECT n.id AS pk, n.uuid, n.node_type, n.process_type, n.label, n.description, n.ctime, n.mtime, "
-            "n.attributes, n.extras, n.repository_metadata, u.email AS user_email, c.uuid AS computer_uuid "
-            "FROM db_dbnode n LEFT JOIN db_dbuser u ON u.id = n.user_id LEFT JOIN db_dbcomputer c ON c.id = n.dbcomputer_id"
+            "SELECT m.id AS pk, m.uuid, m.node_type, m.process_type, m.label, m.description, m.ctime, m.mtime, "
+            "m.attributes, m.extras, m.repository_metadata, u.email AS user_email, c.uuid AS computer_uuid "
+            "FROM db_dbnode m LEFT JOIN db_dbuser u ON u.id = m.user_id LEFT JOIN db_dbcomputer c ON c.id = m.dbcomputer_id"
         )
         for row in self._rows(query):
             uuid = _uuid(row["uuid"])
@@ -156,8 +159,8 @@ class ZipArchiveSource:
 
     def links(self) -> Iterator[LinkRecord]:
         query = (
-            "SELECT l.id AS pk, i.uuid AS input_uuid, o.uuid AS output_uuid, l.type, l.label FROM db_dblink l "
-            "LEFT JOIN db_dbnode i ON i.id = l.input_id LEFT JOIN db_dbnode o ON o.id = l.output_id"
+            "SELECT m.id AS pk, i.uuid AS input_uuid, o.uuid AS output_uuid, m.type, m.label FROM db_dblink m "
+            "LEFT JOIN db_dbnode i ON i.id = m.input_id LEFT JOIN db_dbnode o ON o.id = m.output_id"
         )
         for row in self._rows(query):
             # A link to a node missing from the archive keeps None there; the importer refuses it.
@@ -168,8 +171,8 @@ class ZipArchiveSource:
 
     def groups(self) -> Iterator[GroupRecord]:
         query = (
-            "SELECT g.id AS pk, g.uuid, g.label, g.type_string, g.description, g.time, g.extras, u.email AS user_email "
-            "FROM db_dbgroup g LEFT JOIN db_dbuser u ON u.id = g.user_id"
+            "SELECT m.id AS pk, m.uuid, m.label, m.type_string, m.description, m.time, m.extras, u.email AS user_email "
+            "FROM db_dbgroup m LEFT JOIN db_dbuser u ON u.id = m.user_id"
         )
         for row in self._rows(query):
             uuid = _uuid(row["uuid"])
@@ -182,7 +185,7 @@ class ZipArchiveSource:
     def group_nodes(self) -> Iterator[GroupNodeRecord]:
         query = (
             "SELECT m.id AS pk, g.uuid AS group_uuid, n.uuid AS node_uuid FROM db_dbgroup_dbnodes m "
-            "JOIN db_dbgroup g ON g.id = m.dbgroup_id JOIN db_dbnode n ON n.id = m.dbnode_id"
+            "JOIN db_dbgroup g ON g.id = m.dbgroup_id LEFT JOIN db_dbnode n ON n.id = m.dbnode_id"
         )
         for row in self._rows(query):
             yield GroupNodeRecord(group_uuid=_uuid(row["group_uuid"]), node_uuid=_uuid(row["node_uuid"]))

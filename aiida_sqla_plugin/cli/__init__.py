@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ._root import EXIT_CODES, cli, main
 from .alembic import alembic_command
+from .archive import archive_group
 from .demo import demo
 from .graph import graph_group
 from .maintenance import storage_backup  # noqa: F401 - registers backup/restore/integrity/maintain on 'storage'
@@ -24,3 +25,4 @@ cli.add_command(setting_group)
 cli.add_command(node_group)
 cli.add_command(graph_group)
 cli.add_command(demo)
+cli.add_command(archive_group)
