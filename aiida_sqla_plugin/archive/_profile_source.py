@@ -8,9 +8,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import IO, Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import aliased
+from sqlalchemy.sql import Executable
 
 from ..models import DbAuthInfo, DbComment, DbComputer, DbGroup, DbGroupNode, DbLink, DbLog, DbNode, DbUser
 from ..objectstore import ObjectStore
@@ -48,7 +49,7 @@ class ProfileSource:
         self._store = store
         self._batch_size = batch_size
 
-    def _rows(self, statement: Select[Any]) -> Iterator[Any]:
+    def _rows(self, statement: Executable) -> Iterator[Any]:
         result = self._connection.execute(statement, execution_options={"stream_results": True, "yield_per": self._batch_size})
         for partition in result.partitions(self._batch_size):
             yield from partition
