@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 from ..backend import SqlaBackend
 from ..bulk import insert_plain_rows
 from ..closure import CLOSURE_SETTING_KEY, install_tc, installed_link_types
-from ..exceptions import AiidaSqlaError, ValidationError
+from ..exceptions import StorageNotEmpty, ValidationError
 from ..manager import SCHEMA_GENERATION_KEY, SqlaBackendManager
 from ..migration import migrate_if_needed
 from ..objectstore import ObjectStore, object_store_for
@@ -60,10 +60,6 @@ COPIED_ENTITIES: tuple[type[Base], ...] = (
 _IMPORTED: dict[str, type[Base]] = dict(zip(
     ("users", "computers", "authinfos", "nodes", "links", "groups", "group_nodes", "comments", "logs"), COPIED_ENTITIES,
 ))
-
-
-class StorageNotEmpty(AiidaSqlaError):
-    """The target storage already holds data; copy into a new profile, or merge into it explicitly."""
 
 
 @dataclass(frozen=True)
