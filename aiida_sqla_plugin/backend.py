@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -66,14 +66,20 @@ class SqlaBackend:
         return session_module.transaction(self.get_session(), write=write)
 
     def bulk_insert(
-        self, entity: type[Base] | str, rows: Iterable[Mapping[str, Any]], progress: ProgressCallback | None = None
+        self,
+        entity: type[Base] | str,
+        rows: Iterable[Mapping[str, Any]],
+        progress: ProgressCallback | None = None,
+        *,
+        ids: Sequence[int] | None = None,
     ) -> list[int]:
         """Store plain-dict ``rows`` of ``entity`` (a model class or table name) in the session's transaction.
 
         Defaults are filled and required fields checked; returns the new primary keys in input order. Any invalid
-        row raises an error and nothing of the call is stored. See :func:`aiida_sqla_plugin.bulk.bulk_insert`.
+        row raises an error and nothing of the call is stored. ``ids`` stores the rows under these primary keys.
+        See :func:`aiida_sqla_plugin.bulk.bulk_insert`.
         """
-        return bulk_insert(self, entity, rows, progress=progress)
+        return bulk_insert(self, entity, rows, progress=progress, ids=ids)
 
     def close(self) -> None:
         """Close this thread's session (the engine stays, for other threads)."""

@@ -54,7 +54,7 @@ from .values import TextProblem, text_problem
 if TYPE_CHECKING:
     from .backend import SqlaBackend
 
-__all__ = ("BULK_ENTITIES", "bulk_insert")
+__all__ = ("BULK_ENTITIES", "bulk_insert", "insert_plain_rows")
 
 #: The entities :func:`bulk_insert` accepts, by table name.
 BULK_ENTITIES: dict[str, type[Base]] = {
@@ -345,33 +345,87 @@ def _check_foreign_keys(connection: Connection, plan: _Plan, foreign: dict[int, 
             )
 
 
+def _copy_lines(
+    connection: Connection, table: str, columns: Sequence[str], lines: Sequence[str],
+    progress: ProgressCallback | None, description: str,
+) -> None:
+    """PostgreSQL: stream ``COPY`` text lines (tab-separated, escaped, no newline) in chunks of :data:`CHUNK_SIZE`."""
+    total = len(lines)
+    quoted = ", ".join(f'"{name}"' for name in columns)
+    statement = f"COPY {table} ({quoted}) FROM STDIN"
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        for start in range(0, total, CHUNK_SIZE):
+            stop = min(start + CHUNK_SIZE, total)
+            buffer = io.StringIO()
+            buffer.writelines(f"{lines[i]}\n" for i in range(start, stop))
+            buffer.seek(0)
+            cursor.copy_expert(statement, buffer, size=1 << 16)
+            report(progress, description, stop, total)
+    finally:
+        cursor.close()
+
+
+def _insert_many(
+    connection: Connection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+    progress: ProgressCallback | None, description: str,
+) -> None:
+    """SQLite: one driver ``executemany`` per chunk of :data:`CHUNK_SIZE` rows."""
+    total = len(rows)
+    quoted = ", ".join(f'"{name}"' for name in columns)
+    statement = f"INSERT INTO {table} ({quoted}) VALUES ({', '.join('?' * len(columns))})"
+    for start in range(0, total, CHUNK_SIZE):
+        stop = min(start + CHUNK_SIZE, total)
+        connection.exec_driver_sql(statement, [tuple(rows[i]) for i in range(start, stop)])
+        report(progress, description, stop, total)
+
+
+def _copy_text(value: Any) -> str:
+    return _COPY_NULL if value is None else _copy_escape(str(value))
+
+
+def insert_plain_rows(connection: Connection, table: Table, rows: Sequence[Sequence[Any]]) -> None:
+    """Write rows of every column of ``table`` (in column order) through the dialect's fast path, unchecked.
+
+    For tables :func:`bulk_insert` does not take (``db_dbpath``) and rows that are valid already, such as the
+    integer rows of another storage of the same schema. Values must be integers, strings or None.
+    """
+    if not rows:
+        return
+    columns = [column.name for column in table.columns]
+    if connection.dialect.name == "postgresql":
+        lines = ["\t".join(map(_copy_text, row)) for row in rows]
+        _copy_lines(connection, table.name, columns, lines, None, f"store {table.name}")
+    else:
+        _insert_many(connection, table.name, columns, rows, None, f"store {table.name}")
+
+
 def _store_postgresql(
-    connection: Connection, plan: _Plan, lines: list[str], progress: ProgressCallback | None, description: str
+    connection: Connection, plan: _Plan, lines: list[str], progress: ProgressCallback | None, description: str,
+    given_ids: Sequence[int] | None,
 ) -> list[int]:
     total = len(lines)
     table = plan.table.name
     sequence = connection.execute(
         select(func.pg_get_serial_sequence(table, plan.pk_name))
     ).scalar_one()
-    ids = sorted(
+    if given_ids is None:
+        ids = sorted(
+            connection.execute(
+                text("SELECT nextval(CAST(:sequence AS regclass)) FROM generate_series(1, :n)"),
+                {"sequence": sequence, "n": total},
+            ).scalars()
+        )
+    else:
+        ids = list(given_ids)
+    columns = [plan.pk_name, *(field.column_name for field in plan.fields)]
+    _copy_lines(connection, table, columns, [f"{ids[i]}\t{lines[i]}" for i in range(total)], progress, description)
+    if given_ids is not None:
+        # the next id the database assigns follows the largest one stored
         connection.execute(
-            text("SELECT nextval(CAST(:sequence AS regclass)) FROM generate_series(1, :n)"),
-            {"sequence": sequence, "n": total},
-        ).scalars()
-    )
-    columns = ", ".join([plan.pk_name, *(f'"{field.column_name}"' for field in plan.fields)])
-    statement = f"COPY {table} ({columns}) FROM STDIN"
-    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        for start in range(0, total, CHUNK_SIZE):
-            stop = min(start + CHUNK_SIZE, total)
-            buffer = io.StringIO()
-            buffer.writelines(f"{ids[i]}\t{lines[i]}\n" for i in range(start, stop))
-            buffer.seek(0)
-            cursor.copy_expert(statement, buffer, size=1 << 16)
-            report(progress, description, stop, total)
-    finally:
-        cursor.close()
+            text(f"SELECT setval(CAST(:sequence AS regclass), (SELECT max({plan.pk_name}) FROM {table}))"),
+            {"sequence": sequence},
+        )
     _analyze_if_grown(connection, table, total)
     return ids
 
@@ -391,19 +445,18 @@ def _analyze_if_grown(connection: Connection, table: str, inserted: int) -> None
 
 
 def _store_sqlite(
-    connection: Connection, plan: _Plan, rows: list[list[Any]], progress: ProgressCallback | None, description: str
+    connection: Connection, plan: _Plan, rows: list[list[Any]], progress: ProgressCallback | None, description: str,
+    given_ids: Sequence[int] | None,
 ) -> list[int]:
     total = len(rows)
     table = plan.table.name
-    first = int(connection.exec_driver_sql(f"SELECT coalesce(max({plan.pk_name}), 0) FROM {table}").scalar_one()) + 1
-    ids = list(range(first, first + total))
-    columns = ", ".join([plan.pk_name, *(f'"{field.column_name}"' for field in plan.fields)])
-    marks = ", ".join("?" * (len(plan.fields) + 1))
-    statement = f"INSERT INTO {table} ({columns}) VALUES ({marks})"
-    for start in range(0, total, CHUNK_SIZE):
-        stop = min(start + CHUNK_SIZE, total)
-        connection.exec_driver_sql(statement, [(ids[i], *rows[i]) for i in range(start, stop)])
-        report(progress, description, stop, total)
+    if given_ids is None:
+        first = int(connection.exec_driver_sql(f"SELECT coalesce(max({plan.pk_name}), 0) FROM {table}").scalar_one()) + 1
+        ids = list(range(first, first + total))
+    else:
+        ids = list(given_ids)
+    columns = [plan.pk_name, *(field.column_name for field in plan.fields)]
+    _insert_many(connection, table, columns, [(ids[i], *rows[i]) for i in range(total)], progress, description)
     return ids
 
 
@@ -412,6 +465,8 @@ def bulk_insert(
     entity: type[Base] | str,
     rows: Iterable[Mapping[str, Any]],
     progress: ProgressCallback | None = None,
+    *,
+    ids: Sequence[int] | None = None,
 ) -> list[int]:
     """Store plain-dict ``rows`` of ``entity`` (a model class or its table name) in one transaction.
 
@@ -419,12 +474,18 @@ def bulk_insert(
     model's columns; required fields, types, string lengths, JSON values, timezones and foreign keys are
     checked before anything is written. Returns the new primary keys in input order. Raises
     :class:`ValidationError` naming the first bad row; then nothing of the call is stored.
+
+    ``ids`` (one per row) stores the rows under these primary keys instead, as a copy of another storage does; a
+    key already taken is refused like any other row the database refuses, and PostgreSQL's sequence is set
+    to the table's largest id afterwards.
     """
     model = _resolve(entity)
     plan = _plan(model)
     rows = rows if isinstance(rows, Sequence) else list(rows)
     if not rows:
         return []
+    if ids is not None and len(ids) != len(rows):
+        raise ValidationError(f"bulk_insert got {len(ids)} ids for {len(rows)} rows of {plan.table.name}; give one id per row")
     session = backend.get_session()
     dialect = session.get_bind().dialect
     is_postgresql = dialect.name == "postgresql"
@@ -438,8 +499,8 @@ def bulk_insert(
             connection = session.connection()
             _check_foreign_keys(connection, plan, foreign)
             if is_postgresql:
-                return _store_postgresql(connection, plan, prepared, progress, description)
-            return _store_sqlite(connection, plan, prepared, progress, description)
+                return _store_postgresql(connection, plan, prepared, progress, description, ids)
+            return _store_sqlite(connection, plan, prepared, progress, description, ids)
     except (sa_exc.IntegrityError, sa_exc.DataError) as error:
         raise ValidationError(f"{plan.table.name}: the database refused the rows: {error_line(error)}") from error
     except Exception as error:

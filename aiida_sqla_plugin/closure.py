@@ -512,10 +512,18 @@ def _as_validation_error(error: DBAPIError) -> ValidationError | None:
     return ValidationError(error_line(error))
 
 
-def install_tc(session: Session, link_types: Iterable[str] = DEFAULT_CLOSURE_LINK_TYPES, progress: ProgressCallback | None = None) -> None:
+def install_tc(
+    session: Session,
+    link_types: Iterable[str] = DEFAULT_CLOSURE_LINK_TYPES,
+    progress: ProgressCallback | None = None,
+    *,
+    backfill: bool = True,
+) -> None:
     """Install the closure triggers on ``db_dblink``, refill ``db_dbpath`` from the links and record the types.
 
-    Reinstalling (with the same or other link types) replaces the triggers and recomputes the closure. Runs in
+    Reinstalling (with the same or other link types) replaces the triggers and recomputes the closure.
+    ``backfill=False`` leaves ``db_dbpath`` as it is: for a caller that has just filled it with the exact closure
+    of these links (a copy of another storage's, with the same link types). Runs in
     the caller's transaction if there is one, else in its own that it commits
     (:func:`~aiida_sqla_plugin.session.transaction`). Raises :class:`ValidationError` (and undoes its work) for
     bad link types or a cycle among the covered links.
@@ -530,8 +538,9 @@ def install_tc(session: Session, link_types: Iterable[str] = DEFAULT_CLOSURE_LIN
             # Table locks first (the DDL waits for writers in flight, which may need the closure lock), then the lock.
             _execute_script(connection, statements)
             _lock(connection, dialect, names)
-            connection.execute(delete(table_of(DbPath)))
-            _backfill(connection, dialect, types, progress)
+            if backfill:
+                connection.execute(delete(table_of(DbPath)))
+                _backfill(connection, dialect, types, progress)
             upsert = dialect_insert(dialect, DbSetting).values(
                 key=CLOSURE_SETTING_KEY,
                 val=list(types),

@@ -15,6 +15,7 @@ __all__ = (
     "SchemaAhead",
     "SchemaBehind",
     "StorageInUse",
+    "StorageNotEmpty",
     "UnreachableStorage",
     "ValidationError",
     "error_line",
@@ -93,3 +94,7 @@ class BackupError(AiidaSqlaError):
 
 class StorageInUse(AiidaSqlaError):
     """An operation needs the storage alone, but another process uses it."""
+
+
+class StorageNotEmpty(AiidaSqlaError):
+    """The target storage already holds data; copy into a new or freshly migrated profile, or merge explicitly."""

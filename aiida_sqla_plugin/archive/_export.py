@@ -33,7 +33,7 @@ from ..progress import ProgressCallback, report
 from ..session import transaction
 from ..sql import id_select, string_select
 
-__all__ = ("EXPORT_TRAVERSAL", "ArchiveExportError", "ExportReport", "export_archive", "repository_keys")
+__all__ = ("EXPORT_TRAVERSAL", "ArchiveExportError", "ExportReport", "export_archive", "referenced_object_keys", "repository_keys")
 
 #: Archive format version written (the one aiida-core 2.x writes).
 EXPORT_VERSION = "main_0001"
@@ -267,6 +267,17 @@ def repository_keys(repository_metadata: Mapping[str, Any] | None) -> Iterator[s
         children = entry.get("o")
         if isinstance(children, Mapping):
             stack.extend(child for child in children.values() if isinstance(child, Mapping))
+
+
+def referenced_object_keys(connection: Connection, batch_size: int = 20_000) -> set[str]:
+    """The keys of every object some node's ``repository_metadata`` references, streamed from SQL in batches."""
+    node = table_of(DbNode)
+    result = connection.execute(select(node.c.repository_metadata), execution_options={"stream_results": True, "yield_per": batch_size})
+    keys: set[str] = set()
+    for partition in result.partitions(batch_size):
+        for (metadata,) in partition:
+            keys.update(repository_keys(metadata))
+    return keys
 
 
 def _traverse(connection: Connection, seeds: set[int]) -> set[int]:

@@ -97,6 +97,8 @@ def storage_integrity(fix: bool, as_json: bool) -> None:
 def storage_maintain(full: bool, dry_run: bool, as_json: bool) -> None:
     """Refresh planner statistics, checkpoint the WAL and with --full reclaim the space of deleted rows.
 
+    Objects of the object store no node references are counted; --full removes them.
+
     \b
     Example:
       aiida-sqla -p work storage maintain --full --dry-run
@@ -110,3 +112,5 @@ def storage_maintain(full: bool, dry_run: bool, as_json: bool) -> None:
         click.echo(f"{'would run' if dry_run else 'ran'}: {action}")
     verb = "would reclaim about" if dry_run else "reclaimed"
     click.echo(f"{verb} {result.bytes_reclaimed} bytes (database {result.size_before} -> {result.size_after} bytes)")
+    objects = f"{result.unreferenced_objects} unreferenced objects ({result.unreferenced_bytes} bytes) in the object store"
+    click.echo(f"{objects}, {result.objects_removed} removed" + ("" if full else "; --full removes them"))

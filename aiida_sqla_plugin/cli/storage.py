@@ -1,17 +1,18 @@
-"""``aiida-sqla storage ...``: migrate, version, status, info, reset and offline SQL of a profile's database."""
+"""``aiida-sqla storage ...``: migrate, version, status, info, reset, offline SQL and copy of a profile's database."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
 
+from ..archive import copy_storage
 from ..maintenance import reset_storage
 from ..manager import SchemaReport, SchemaState
 from ..migration import migration_sql, plan_migration
 from .. import reports
 from ._root import EXIT_OK, STATE_EXIT_CODES, common_options, emit_json, get_state, json_option
 
-__all__ = ("storage_group",)
+__all__ = ("storage_copy", "storage_group")
 
 
 @click.group("storage")
@@ -198,3 +199,30 @@ def storage_sql(from_revision: str | None, to_revision: str) -> None:
     """
     state = get_state()
     click.echo(migration_sql(state.profile(), from_revision, to_revision), nl=False)
+
+
+@storage_group.command("copy")
+@click.option("--to", "target", required=True, metavar="PROFILE", help="The profile to copy into (empty unless --merge).")
+@click.option("--merge", is_flag=True, help="Merge into a non-empty profile with the import rules (same UUID: present).")
+@json_option
+@common_options
+def storage_copy(target: str, merge: bool, as_json: bool) -> None:
+    """Copy every entity, the closure, the settings and the objects of the profile (-p) into another profile.
+
+    The target is migrated first and must be empty unless --merge; everything is written in one transaction.
+
+    \b
+    Example:
+      aiida-sqla -p laptop storage copy --to server
+    """
+    state = get_state()
+    state.backend()  # the source's schema must fit the code
+    profile = state.config_file.get_profile(target)
+    with state.progress() as progress:
+        result = copy_storage(state.loaded().profile, profile, merge=merge, progress=progress)
+    if as_json:
+        emit_json(result.as_dict())
+        return
+    written = ", ".join(f"{count} {table}" for table, count in result.rows.items())
+    how = "merged into" if result.merged else "copied to"
+    click.echo(f"Profile {result.source!r} {how} {result.target!r}: {written}; {result.objects} objects.")

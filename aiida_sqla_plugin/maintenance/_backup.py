@@ -3,7 +3,10 @@
 SQLite is copied with the online backup API (one read transaction, so writers may go on in WAL mode and the copy
 is one committed state); PostgreSQL with ``pg_dump -Fc`` from a snapshot exported by a REPEATABLE READ
 transaction, in which the manifest's counts are taken too. A backup is written into a hidden temporary folder
-and renamed when complete, so a folder with a ``backup.json`` is always a finished backup.
+and renamed when complete, so a folder with a ``backup.json`` is always a finished backup. After the database,
+the objects its nodes reference (read from the copied state) are copied from the profile's object store into
+the backup's ``objects/`` folder (the same content-addressed layout); the manifest records their count and a
+sha256 over their sorted keys, and verification re-hashes every object against its key.
 """
 from __future__ import annotations
 
@@ -23,8 +26,10 @@ from sqlalchemy.engine import URL, Connection
 
 from .. import __version__
 from .. import session as session_module
-from ..exceptions import BackupError, ConfigurationError, UnreachableStorage
+from ..archive._export import referenced_object_keys
+from ..exceptions import BackupError, ConfigurationError, NotExistent, UnreachableStorage
 from ..manager import SqlaBackendManager
+from ..objectstore import ObjectStore, object_store_for
 from ..profile import ProfileLike, database_url, sqlite_file
 from ..progress import ProgressCallback, report
 from ..reports import COUNTED_ENTITIES, count_entities
@@ -35,6 +40,8 @@ MANIFEST_NAME = "backup.json"
 LAST_BACKUP_LINK = "last-backup"
 SQLITE_FILE = "database.sqlite"
 PG_DUMP_FILE = "database.dump"
+#: The backup's copy of the object store (the referenced objects only).
+OBJECTS_FOLDER = "objects"
 #: Name of a finished backup folder: UTC time to the microsecond.
 _NAME_FORMAT = "%Y%m%dT%H%M%S%fZ"
 _NAME = re.compile(r"\d{8}T\d{12}Z\Z")
@@ -94,8 +101,8 @@ def _run_tool(command: list[str], env: dict[str, str], what: str) -> None:
         raise BackupError(f"{what} failed ({message})")
 
 
-def _backup_postgres(url: URL, folder: Path) -> tuple[dict[str, int], str | None, dict[str, str]]:
-    """Dump the database from one exported snapshot; returns the counts and revision of that snapshot and tool versions."""
+def _backup_postgres(url: URL, folder: Path) -> tuple[dict[str, int], str | None, set[str], dict[str, str]]:
+    """Dump the database from one exported snapshot; returns that snapshot's counts, revision and object keys, and tool versions."""
     engine = create_engine(url, isolation_level="REPEATABLE READ", connect_args={"connect_timeout": 10})
     try:
         with engine.connect() as connection:
@@ -104,6 +111,7 @@ def _backup_postgres(url: URL, folder: Path) -> tuple[dict[str, int], str | None
             snapshot = connection.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
             counts = _counts(connection)
             revision = _revision(connection)
+            keys = referenced_object_keys(connection)
             server = str(connection.exec_driver_sql("SHOW server_version").scalar_one())
             # the exporting transaction stays open until pg_dump has imported the snapshot and finished
             _run_tool(
@@ -112,7 +120,7 @@ def _backup_postgres(url: URL, folder: Path) -> tuple[dict[str, int], str | None
             )
     finally:
         engine.dispose()
-    return counts, revision, {"pg_dump": pg_dump, "postgresql_server": server}
+    return counts, revision, keys, {"pg_dump": pg_dump, "postgresql_server": server}
 
 
 def _counts(connection: Connection) -> dict[str, int]:
@@ -143,13 +151,56 @@ def _copy_sqlite(source: Path, target: Path) -> None:
         source_connection.close()
 
 
-def _sqlite_state(path: Path) -> tuple[dict[str, int], str | None]:
+def _sqlite_state(path: Path) -> tuple[dict[str, int], str | None, set[str]]:
     engine = create_engine(f"sqlite:///{path}")
     try:
         with engine.connect() as connection:
-            return _counts(connection), _revision(connection)
+            return _counts(connection), _revision(connection), referenced_object_keys(connection)
     finally:
         engine.dispose()
+
+
+# ------------------------------------------------------------------------------------------------- objects
+
+
+def _keys_digest(keys: set[str]) -> str:
+    """sha256 over the sorted object keys, one per line: what the manifest records of the objects."""
+    digest = hashlib.sha256()
+    for key in sorted(keys):
+        digest.update(f"{key}\n".encode())
+    return digest.hexdigest()
+
+
+def _copy_objects(source: ObjectStore, target: ObjectStore, keys: set[str], profile_name: str) -> None:
+    """Put the objects ``keys`` of ``source`` into ``target`` (each re-hashed on the way)."""
+    for key in sorted(keys):
+        try:
+            handle = source.open(key)
+        except NotExistent as error:
+            raise BackupError(
+                f"object {key}, referenced by a node of profile {profile_name!r}, is missing from {source.root}; "
+                "restore the object store from an older backup, or run 'aiida-sqla storage integrity'"
+            ) from error
+        with handle:
+            target.put(handle, expected_key=key)
+
+
+def _verify_objects(folder: Path, manifest: dict[str, Any]) -> None:
+    """Every object of the backup hashes to its key, and the keys are the ones the manifest records."""
+    recorded = manifest.get("objects", {"count": 0, "keys_sha256": _keys_digest(set())})
+    store = ObjectStore(folder / OBJECTS_FOLDER)
+    keys = set(store.keys())
+    if len(keys) != recorded["count"] or _keys_digest(keys) != recorded["keys_sha256"]:
+        raise BackupError(
+            f"backup {folder} holds {len(keys)} objects, its manifest lists {recorded['count']} (or other keys); use another backup"
+        )
+    for key in keys:
+        digest = hashlib.sha256()
+        with store.open(key) as handle:
+            for block in iter(lambda: handle.read(_CHUNK), b""):
+                digest.update(block)
+        if digest.hexdigest() != key:
+            raise BackupError(f"backup {folder}: object {key} does not match its sha256 (damaged or changed); use another backup")
 
 
 # ------------------------------------------------------------------------------------------------- backups
@@ -206,16 +257,17 @@ def backup(profile: ProfileLike, dest: Path | str, *, keep: int | None = None, p
             if path is None or not path.exists():
                 raise BackupError(f"Profile {profile.name!r} has no SQLite file to back up ({path or 'in-memory database'})")
             _copy_sqlite(path, temporary / SQLITE_FILE)
-            counts, revision = _sqlite_state(temporary / SQLITE_FILE)
+            counts, revision, keys = _sqlite_state(temporary / SQLITE_FILE)
             tools["sqlite"] = sqlite3.sqlite_version
         else:
-            counts, revision, pg_tools = _backup_postgres(url, temporary)
+            counts, revision, keys, pg_tools = _backup_postgres(url, temporary)
             tools.update(pg_tools)
         report(progress, "backup", 1, 2)
         files = {
             path.name: {"size": path.stat().st_size, "sha256": _sha256(path)}
             for path in sorted(temporary.iterdir())
         }
+        _copy_objects(object_store_for(profile), ObjectStore(temporary / OBJECTS_FOLDER), keys, profile.name)
         manifest = {
             "format": 1,
             "profile": profile.name,
@@ -225,6 +277,7 @@ def backup(profile: ProfileLike, dest: Path | str, *, keep: int | None = None, p
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "counts": counts,
             "files": files,
+            "objects": {"count": len(keys), "keys_sha256": _keys_digest(keys)},
             "tools": tools,
         }
         manifest_path = temporary / MANIFEST_NAME
@@ -255,17 +308,19 @@ def _manifest(backup_path: Path) -> dict[str, Any]:
 
 
 def verify_backup(backup_path: Path | str) -> None:
-    """Check that a backup is complete: its manifest is readable and every file has its recorded size and sha256."""
+    """Check that a backup is complete: its manifest is readable, every file has its recorded size and sha256, and
+    the objects are the recorded ones, each matching its key."""
     folder = Path(backup_path).resolve()
     manifest = _manifest(folder)
     expected = set(manifest["files"])
-    present = {path.name for path in folder.iterdir()} - {MANIFEST_NAME}
+    present = {path.name for path in folder.iterdir()} - {MANIFEST_NAME, OBJECTS_FOLDER}
     if present != expected:
         raise BackupError(f"backup {folder} holds files {sorted(present)}, its manifest lists {sorted(expected)}; use another backup")
     for name, recorded in manifest["files"].items():
         path = folder / name
         if path.stat().st_size != recorded["size"] or _sha256(path) != recorded["sha256"]:
             raise BackupError(f"backup {folder}: {name} does not match its sha256 in {MANIFEST_NAME} (damaged or changed); use another backup")
+    _verify_objects(folder, manifest)
 
 
 # ------------------------------------------------------------------------------------------------- restore
@@ -290,8 +345,8 @@ def _require_empty_postgres(url: URL, profile: ProfileLike) -> int:
 def restore(backup_path: Path | str, target_profile: ProfileLike, *, progress: ProgressCallback | None = None) -> None:
     """Restore a backup into an empty profile (a new SQLite file or an empty PostgreSQL database).
 
-    Checks the backup's hashes first, migrates a restored schema older than the code, and checks the counts
-    against the manifest. :class:`BackupError` when the backup is damaged, of another dialect, or the target not empty.
+    Checks the backup's hashes first, migrates a restored schema older than the code, checks the counts against
+    the manifest, then puts the backup's objects into the target profile's object store. :class:`BackupError` when the backup is damaged, of another dialect, or the target not empty.
     """
     folder = Path(backup_path).resolve()
     verify_backup(folder)
@@ -322,4 +377,6 @@ def restore(backup_path: Path | str, target_profile: ProfileLike, *, progress: P
     counts = count_entities(session_module.get_engine(target_profile))
     if counts != manifest["counts"]:
         raise BackupError(f"restored counts {counts} differ from the backup's {manifest['counts']}; the backup is unusable")
+    backed_up = ObjectStore(folder / OBJECTS_FOLDER)
+    _copy_objects(backed_up, object_store_for(target_profile), set(backed_up.keys()), target_profile.name)
     report(progress, "restore", 3, 3)

@@ -1,4 +1,8 @@
-"""Database maintenance: planner statistics, WAL checkpoints and (``full``) reclaiming the space of deleted rows."""
+"""Database maintenance: planner statistics, WAL checkpoints and (``full``) reclaiming the space of deleted rows.
+
+The object store is maintained too: the objects no node's ``repository_metadata`` references are listed and, with
+``full``, removed.
+"""
 from __future__ import annotations
 
 import os
@@ -8,9 +12,11 @@ from dataclasses import dataclass, field
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
+from ..archive._export import referenced_object_keys
 from ..backend import SqlaBackend, get_backend
 from ..exceptions import StorageInUse
 from ..models import DbPath
+from ..objectstore import object_store_for
 
 __all__ = ("MaintenanceReport", "maintain")
 
@@ -25,6 +31,10 @@ class MaintenanceReport:
     full: bool
     dry_run: bool
     actions: list[str] = field(default_factory=list)
+    #: Objects in the store that no node references, and their bytes (removed with ``full``, unless ``dry_run``).
+    unreferenced_objects: int = 0
+    unreferenced_bytes: int = 0
+    objects_removed: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -112,11 +122,30 @@ def maintain(backend: SqlaBackend | None = None, *, full: bool = False, dry_run:
     """Refresh planner statistics and checkpoint the WAL; ``full`` also reclaims the space of deleted rows.
 
     ``full`` needs the storage alone (:class:`StorageInUse` otherwise) and disposes this process's pool first.
-    ``dry_run`` estimates the bytes ``full`` (or a plain run) would reclaim and changes nothing.
+    ``dry_run`` estimates the bytes ``full`` (or a plain run) would reclaim and changes nothing. Objects of the
+    store no node references are counted (``unreferenced_objects``, ``unreferenced_bytes``); ``full`` removes them.
     """
     backend = get_backend(backend)
     engine = backend.engine
     backend.close()
     if engine.dialect.name == "sqlite":
-        return _maintain_sqlite(engine, full, dry_run)
-    return _maintain_postgres(engine, full, dry_run)
+        result = _maintain_sqlite(engine, full, dry_run)
+    else:
+        result = _maintain_postgres(engine, full, dry_run)
+    _maintain_objects(backend, result, remove=full and not dry_run)
+    return result
+
+
+def _maintain_objects(backend: SqlaBackend, result: MaintenanceReport, remove: bool) -> None:
+    """Count (and with ``remove`` delete) the objects of the store that no node references."""
+    store = object_store_for(backend)
+    with backend.engine.connect() as connection, connection.begin():
+        referenced = referenced_object_keys(connection)
+        for key in store.keys():
+            if key in referenced:
+                continue
+            result.unreferenced_objects += 1
+            result.unreferenced_bytes += store.path(key).stat().st_size
+            if remove:
+                store.remove(key)
+                result.objects_removed += 1
