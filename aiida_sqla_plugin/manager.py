@@ -15,7 +15,7 @@ from alembic.runtime.migration import MigrationContext, MigrationInfo
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import exc, inspect, select
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Transaction
 
 from . import session as session_module
 from .exceptions import (
@@ -344,7 +344,8 @@ class SqlaBackendManager:
         A new database is built with ``create_all`` and stamped; an older one is upgraded revision by revision,
         each in its own transaction on PostgreSQL. Concurrent migrations of one database are serialised (an
         advisory lock on PostgreSQL, one immediate transaction on SQLite). Never downgrades. ``lock_timeout``
-        (seconds, PostgreSQL) gives up waiting for another process's migration; by default it waits.
+        (seconds) gives up waiting for another process's migration with :class:`DatabaseMigrationError`; by default
+        PostgreSQL waits for as long as it takes, SQLite for its busy timeout.
         """
         session_module.check_connection(self.profile)
         return self._migrate_database_version(on_revision, lock_timeout)
@@ -362,13 +363,7 @@ class SqlaBackendManager:
 
         if engine.dialect.name == "sqlite":
             with engine.connect().execution_options(**session_module.sqlite_write_options("sqlite")) as connection:
-                try:
-                    transaction = connection.begin()
-                except exc.OperationalError as error:
-                    raise DatabaseMigrationError(
-                        f"Profile {self.profile.name!r}: another process kept the database locked for longer than "
-                        f"the busy timeout ({error.orig}); wait for its migration to finish and run it again."
-                    ) from error
+                transaction = self._begin_sqlite_migration(connection, lock_timeout)
                 with transaction:
                     self._migrate_locked(connection, record)
         else:
@@ -379,6 +374,24 @@ class SqlaBackendManager:
                 finally:
                     self._release_migration_lock(connection)
         return applied
+
+    def _begin_sqlite_migration(self, connection: Connection, lock_timeout: float | None) -> Transaction:
+        """Begin the one immediate transaction of a SQLite migration, waiting ``lock_timeout`` s (default: the
+        busy timeout) for another process's write lock."""
+        wait_ms = session_module.SQLITE_BUSY_TIMEOUT_MS if lock_timeout is None else max(1, round(lock_timeout * 1000))
+        raw = connection.connection.dbapi_connection
+        assert raw is not None
+        raw.execute(f"PRAGMA busy_timeout={wait_ms}")  # on the driver connection: executing through SQLAlchemy would begin
+        try:
+            return connection.begin()
+        except exc.OperationalError as error:
+            raise DatabaseMigrationError(
+                f"Profile {self.profile.name!r}: another process kept the database locked for longer than "
+                f"{wait_ms / 1000:g} s ({error.orig}); wait for its migration (or write) to finish and run the "
+                "migration again."
+            ) from error
+        finally:
+            raw.execute(f"PRAGMA busy_timeout={session_module.SQLITE_BUSY_TIMEOUT_MS}")
 
     def _take_migration_lock(self, connection: Connection, lock_timeout: float | None) -> None:
         """Session-level advisory lock, held across the per-revision transactions; a second process waits here."""
