@@ -6,7 +6,7 @@ import enum
 import importlib.resources
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from alembic import command
@@ -19,8 +19,10 @@ from sqlalchemy.engine import Connection, Transaction
 
 from . import session as session_module
 from .exceptions import (
+    AiidaSqlaError,
     CorruptStorage,
     DatabaseMigrationError,
+    ForeignDatabase,
     IncompatibleDatabaseSchema,
     NotExistent,
     SchemaAhead,
@@ -78,6 +80,8 @@ class SchemaReport:
     code_generation: str
     database_generation: str | None
     message: str
+    #: The exact exception class of a failure (e.g. :class:`AuthenticationFailed`); else the state's class.
+    error_type: type[AiidaSqlaError] | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         """Stable JSON-ready keys."""
@@ -95,7 +99,9 @@ class SchemaReport:
     def error(self) -> IncompatibleDatabaseSchema | UnreachableStorage | None:
         """The exception matching the state (None when compatible)."""
         kind = _STATE_ERRORS.get(self.state)
-        return None if kind is None else kind(self.message)
+        if kind is None:
+            return None
+        return (self.error_type or kind)(self.message)  # type: ignore[return-value]
 
 
 _STATE_ERRORS: dict[SchemaState, type[IncompatibleDatabaseSchema] | type[UnreachableStorage]] = {
@@ -257,8 +263,16 @@ class SqlaBackendManager:
         location = describe_url(database_url(profile))
         code_revision = self.get_schema_version_code()
 
-        def report(state: SchemaState, message: str, revision: str | None = None, generation: str | None = None) -> SchemaReport:
-            return SchemaReport(name, location, state, code_revision, revision, SCHEMA_GENERATION_CODE, generation, message)
+        def report(
+            state: SchemaState,
+            message: str,
+            revision: str | None = None,
+            generation: str | None = None,
+            error_type: type[AiidaSqlaError] | None = None,
+        ) -> SchemaReport:
+            return SchemaReport(
+                name, location, state, code_revision, revision, SCHEMA_GENERATION_CODE, generation, message, error_type
+            )
 
         migrate = f"run 'aiida-sqla -p {name} storage migrate' or SqlaBackendManager.migrate()"
         path = sqlite_file(profile)
@@ -273,9 +287,9 @@ class SqlaBackendManager:
         try:
             session_module.check_connection(profile)
         except UnreachableStorage as error:
-            return report(SchemaState.UNREACHABLE, str(error))
+            return report(SchemaState.UNREACHABLE, str(error), error_type=type(error))
         except CorruptStorage as error:
-            return report(SchemaState.CORRUPT, str(error))
+            return report(SchemaState.CORRUPT, str(error), error_type=type(error))
         except exc.DatabaseError:
             pass  # not a database at all: reported as corrupt below
         try:
@@ -284,7 +298,9 @@ class SqlaBackendManager:
                 tables = set(inspect(connection).get_table_names())
                 generation = self._database_generation(connection, tables)
         except CorruptStorage as error:
-            return report(SchemaState.CORRUPT, str(error))
+            return report(SchemaState.CORRUPT, str(error), error_type=type(error))
+        except UnreachableStorage as error:
+            return report(SchemaState.UNREACHABLE, str(error), error_type=type(error))
         except exc.DatabaseError as error:
             reason = error_line(error)
             return report(
@@ -292,8 +308,11 @@ class SqlaBackendManager:
                 f"Profile {name!r}: the {location} cannot be read ({reason}); restore it from a backup or point the "
                 "profile at another database",
             )
+        ours = tables & set(Base.metadata.tables)
+        if tables - {"alembic_version"} and not ours:
+            return report(SchemaState.CORRUPT, self._foreign_message(tables), revision, error_type=ForeignDatabase)
         if revision is None:
-            foreign = tables & set(Base.metadata.tables)
+            foreign = ours
             if foreign:
                 return report(
                     SchemaState.CORRUPT,
@@ -327,6 +346,13 @@ class SqlaBackendManager:
             )
         return report(
             SchemaState.COMPATIBLE, f"Profile {name!r}: the database schema {revision} matches the code", revision, generation
+        )
+
+    def _foreign_message(self, tables: set[str]) -> str:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        return (
+            f"Profile {self.profile.name!r}: the database holds tables of another application ({shown}) and none of "
+            "aiida-sqla-plugin; it is left alone: point the profile at an empty database or one of this plugin"
         )
 
     @staticmethod
@@ -424,9 +450,12 @@ class SqlaBackendManager:
         outer_transaction = connection.in_transaction()
         head = self.get_schema_version_code()
         current = self._database_revision(connection)
-        existing = set(inspect(connection).get_table_names()) & set(Base.metadata.tables)
+        tables = set(inspect(connection).get_table_names())
+        existing = tables & set(Base.metadata.tables)
         if not outer_transaction:
             connection.commit()  # so that alembic runs each revision in a transaction of its own
+        if tables - {"alembic_version"} and not existing:
+            raise ForeignDatabase(self._foreign_message(tables))
         if current is None:
             if existing:
                 raise DatabaseMigrationError(

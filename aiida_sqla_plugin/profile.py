@@ -9,7 +9,7 @@ from typing import Any, Protocol
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, UnsupportedEngine
 
 __all__ = (
     "BACKEND_NAME",
@@ -77,7 +77,7 @@ def database_url(profile: ProfileLike) -> URL:
                 "'sqlite:////path/to/file.sqlite' or 'postgresql+psycopg2://user:password@host:5432/dbname'."
             ) from exc
         if url.get_backend_name() not in SUPPORTED_DIALECTS:
-            raise ConfigurationError(
+            raise UnsupportedEngine(
                 f"Profile {profile.name!r}: the database engine {url.get_backend_name()!r} is not supported; "
                 f"use one of {', '.join(SUPPORTED_DIALECTS)}."
             )
@@ -96,7 +96,7 @@ def _url_from_aiida_keys(name: str, config: Mapping[str, Any]) -> URL:
         )
     driver = ENGINE_DRIVERS.get(str(engine))
     if driver is None:
-        raise ConfigurationError(
+        raise UnsupportedEngine(
             f"Profile {name!r}: unknown database_engine {engine!r}; use one of {', '.join(sorted(ENGINE_DRIVERS))}."
         )
     database = config.get("database_name")
