@@ -62,6 +62,13 @@ class Profile:
     storage_backend: str = BACKEND_NAME
     storage_config: Mapping[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        """The password of the storage URL or ``database_password`` is shown as ``***``."""
+        return (
+            f"Profile(name={self.name!r}, storage_backend={self.storage_backend!r}, "
+            f"storage_config={masked_storage_config(self)!r})"
+        )
+
 
 def database_url(profile: ProfileLike) -> URL:
     """Return the SQLAlchemy URL of the profile's database, or raise :class:`ConfigurationError`."""

@@ -209,7 +209,12 @@ def create_profile_engine(profile: ProfileLike) -> Engine:
 
     @event.listens_for(engine, "handle_error")
     def _on_error(context: ExceptionContext) -> None:
-        error = storage_error(engine.url, profile.name, context.original_exception)
+        original = context.original_exception
+        error = storage_error(engine.url, profile.name, original)
+        if error is None and context.connection is None and not context.is_pre_ping and isinstance(
+            original, engine.dialect.loaded_dbapi.OperationalError
+        ):
+            error = _unreachable(engine.url, profile.name, original)  # connecting failed, from whichever entry point
         if error is not None:
             raise error from context.sqlalchemy_exception
 
@@ -268,20 +273,17 @@ def storage_error(url: URL, profile_name: str, error: BaseException) -> AiidaSql
 
 def check_connection(profile: ProfileLike | None = None) -> None:
     """Connect once to the profile's database, raising :class:`UnreachableStorage` with the fix if it fails."""
-    profile = profile or get_current_profile()
-    engine = get_engine(profile)
-    try:
-        with engine.connect():
-            pass
-    except exc.OperationalError as error:
-        where = describe_url(engine.url)
-        hint = (
-            "check that the directory exists and is writable"
-            if engine.url.get_backend_name() == "sqlite"
-            else "check that the server is running, and the host, port, user, password and database name"
-        )
-        reason = error_line(error)
-        raise UnreachableStorage(f"Profile {profile.name!r}: cannot reach the {where} ({reason}); {hint}.") from error
+    with get_engine(profile or get_current_profile()).connect():
+        pass  # a failure to connect raises UnreachableStorage (or a subclass) through the engine's error hook
+
+
+def _unreachable(url: URL, profile_name: str, error: BaseException) -> UnreachableStorage:
+    hint = (
+        "check that the directory exists and is writable"
+        if url.get_backend_name() == "sqlite"
+        else "check that the server is running, and the host, port, user, password and database name"
+    )
+    return UnreachableStorage(f"Profile {profile_name!r}: cannot reach the {describe_url(url)} ({error_line(error)}); {hint}.")
 
 
 def sqlite_write_options(dialect_name: str) -> dict[str, str]:
