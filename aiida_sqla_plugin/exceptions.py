@@ -3,20 +3,26 @@ from __future__ import annotations
 
 __all__ = (
     "AiidaSqlaError",
+    "AuthenticationFailed",
     "BackupError",
     "ConfigurationError",
     "CorruptStorage",
     "DatabaseMigrationError",
+    "DatabaseNotFound",
     "DrawingTooLarge",
+    "ForeignDatabase",
     "IncompatibleDatabaseSchema",
     "MissingDependency",
     "NotExistent",
     "OptionConflict",
+    "ReadOnlyStorage",
     "SchemaAhead",
     "SchemaBehind",
+    "StorageFull",
     "StorageInUse",
     "StorageNotEmpty",
     "UnreachableStorage",
+    "UnsupportedEngine",
     "ValidationError",
     "error_line",
 )
@@ -42,8 +48,28 @@ class ConfigurationError(AiidaSqlaError):
     """A profile or its storage configuration is incomplete or wrong."""
 
 
+class UnsupportedEngine(ConfigurationError):
+    """A profile names a database engine this backend does not support (only SQLite and PostgreSQL)."""
+
+
 class UnreachableStorage(AiidaSqlaError):
     """The database named by a profile cannot be reached."""
+
+
+class AuthenticationFailed(UnreachableStorage):
+    """The database server rejected the profile's user name or password."""
+
+
+class DatabaseNotFound(UnreachableStorage):
+    """The server answers but the database the profile names does not exist on it."""
+
+
+class ReadOnlyStorage(UnreachableStorage):
+    """The SQLite file (or its directory) cannot be written: SQLite needs both, even to read a WAL database."""
+
+
+class StorageFull(AiidaSqlaError):
+    """The disk holding the database is full; the statement that hit it was rolled back, nothing of it stays."""
 
 
 class IncompatibleDatabaseSchema(AiidaSqlaError):
@@ -68,6 +94,10 @@ class SchemaAhead(IncompatibleDatabaseSchema):
 
 class CorruptStorage(IncompatibleDatabaseSchema):
     """The database cannot be read as a storage of this plugin (not a database, foreign tables, wrong generation)."""
+
+
+class ForeignDatabase(CorruptStorage):
+    """The database holds tables of another application and none of this plugin; it is left alone."""
 
 
 def error_line(error: BaseException | None) -> str:

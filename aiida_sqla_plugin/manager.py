@@ -6,7 +6,7 @@ import enum
 import importlib.resources
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from alembic import command
@@ -15,12 +15,14 @@ from alembic.runtime.migration import MigrationContext, MigrationInfo
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import exc, inspect, select
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Transaction
 
 from . import session as session_module
 from .exceptions import (
+    AiidaSqlaError,
     CorruptStorage,
     DatabaseMigrationError,
+    ForeignDatabase,
     IncompatibleDatabaseSchema,
     NotExistent,
     SchemaAhead,
@@ -78,6 +80,8 @@ class SchemaReport:
     code_generation: str
     database_generation: str | None
     message: str
+    #: The exact exception class of a failure (e.g. :class:`AuthenticationFailed`); else the state's class.
+    error_type: type[AiidaSqlaError] | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         """Stable JSON-ready keys."""
@@ -95,7 +99,9 @@ class SchemaReport:
     def error(self) -> IncompatibleDatabaseSchema | UnreachableStorage | None:
         """The exception matching the state (None when compatible)."""
         kind = _STATE_ERRORS.get(self.state)
-        return None if kind is None else kind(self.message)
+        if kind is None:
+            return None
+        return (self.error_type or kind)(self.message)  # type: ignore[return-value]
 
 
 _STATE_ERRORS: dict[SchemaState, type[IncompatibleDatabaseSchema] | type[UnreachableStorage]] = {
@@ -257,8 +263,16 @@ class SqlaBackendManager:
         location = describe_url(database_url(profile))
         code_revision = self.get_schema_version_code()
 
-        def report(state: SchemaState, message: str, revision: str | None = None, generation: str | None = None) -> SchemaReport:
-            return SchemaReport(name, location, state, code_revision, revision, SCHEMA_GENERATION_CODE, generation, message)
+        def report(
+            state: SchemaState,
+            message: str,
+            revision: str | None = None,
+            generation: str | None = None,
+            error_type: type[AiidaSqlaError] | None = None,
+        ) -> SchemaReport:
+            return SchemaReport(
+                name, location, state, code_revision, revision, SCHEMA_GENERATION_CODE, generation, message, error_type
+            )
 
         migrate = f"run 'aiida-sqla -p {name} storage migrate' or SqlaBackendManager.migrate()"
         path = sqlite_file(profile)
@@ -273,9 +287,9 @@ class SqlaBackendManager:
         try:
             session_module.check_connection(profile)
         except UnreachableStorage as error:
-            return report(SchemaState.UNREACHABLE, str(error))
+            return report(SchemaState.UNREACHABLE, str(error), error_type=type(error))
         except CorruptStorage as error:
-            return report(SchemaState.CORRUPT, str(error))
+            return report(SchemaState.CORRUPT, str(error), error_type=type(error))
         except exc.DatabaseError:
             pass  # not a database at all: reported as corrupt below
         try:
@@ -284,7 +298,9 @@ class SqlaBackendManager:
                 tables = set(inspect(connection).get_table_names())
                 generation = self._database_generation(connection, tables)
         except CorruptStorage as error:
-            return report(SchemaState.CORRUPT, str(error))
+            return report(SchemaState.CORRUPT, str(error), error_type=type(error))
+        except UnreachableStorage as error:
+            return report(SchemaState.UNREACHABLE, str(error), error_type=type(error))
         except exc.DatabaseError as error:
             reason = error_line(error)
             return report(
@@ -292,8 +308,11 @@ class SqlaBackendManager:
                 f"Profile {name!r}: the {location} cannot be read ({reason}); restore it from a backup or point the "
                 "profile at another database",
             )
+        ours = tables & set(Base.metadata.tables)
+        if tables - {"alembic_version"} and not ours:
+            return report(SchemaState.CORRUPT, self._foreign_message(tables), revision, error_type=ForeignDatabase)
         if revision is None:
-            foreign = tables & set(Base.metadata.tables)
+            foreign = ours
             if foreign:
                 return report(
                     SchemaState.CORRUPT,
@@ -329,6 +348,13 @@ class SqlaBackendManager:
             SchemaState.COMPATIBLE, f"Profile {name!r}: the database schema {revision} matches the code", revision, generation
         )
 
+    def _foreign_message(self, tables: set[str]) -> str:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        return (
+            f"Profile {self.profile.name!r}: the database holds tables of another application ({shown}) and none of "
+            "aiida-sqla-plugin; it is left alone: point the profile at an empty database or one of this plugin"
+        )
+
     @staticmethod
     def _database_generation(connection: Connection, tables: set[str]) -> str | None:
         if DbSetting.__tablename__ not in tables:
@@ -344,7 +370,8 @@ class SqlaBackendManager:
         A new database is built with ``create_all`` and stamped; an older one is upgraded revision by revision,
         each in its own transaction on PostgreSQL. Concurrent migrations of one database are serialised (an
         advisory lock on PostgreSQL, one immediate transaction on SQLite). Never downgrades. ``lock_timeout``
-        (seconds, PostgreSQL) gives up waiting for another process's migration; by default it waits.
+        (seconds) gives up waiting for another process's migration with :class:`DatabaseMigrationError`; by default
+        PostgreSQL waits for as long as it takes, SQLite for its busy timeout.
         """
         session_module.check_connection(self.profile)
         return self._migrate_database_version(on_revision, lock_timeout)
@@ -362,13 +389,7 @@ class SqlaBackendManager:
 
         if engine.dialect.name == "sqlite":
             with engine.connect().execution_options(**session_module.sqlite_write_options("sqlite")) as connection:
-                try:
-                    transaction = connection.begin()
-                except exc.OperationalError as error:
-                    raise DatabaseMigrationError(
-                        f"Profile {self.profile.name!r}: another process kept the database locked for longer than "
-                        f"the busy timeout ({error.orig}); wait for its migration to finish and run it again."
-                    ) from error
+                transaction = self._begin_sqlite_migration(connection, lock_timeout)
                 with transaction:
                     self._migrate_locked(connection, record)
         else:
@@ -379,6 +400,24 @@ class SqlaBackendManager:
                 finally:
                     self._release_migration_lock(connection)
         return applied
+
+    def _begin_sqlite_migration(self, connection: Connection, lock_timeout: float | None) -> Transaction:
+        """Begin the one immediate transaction of a SQLite migration, waiting ``lock_timeout`` s (default: the
+        busy timeout) for another process's write lock."""
+        wait_ms = session_module.SQLITE_BUSY_TIMEOUT_MS if lock_timeout is None else max(1, round(lock_timeout * 1000))
+        raw = connection.connection.dbapi_connection
+        assert raw is not None
+        raw.execute(f"PRAGMA busy_timeout={wait_ms}")  # on the driver connection: executing through SQLAlchemy would begin
+        try:
+            return connection.begin()
+        except exc.OperationalError as error:
+            raise DatabaseMigrationError(
+                f"Profile {self.profile.name!r}: another process kept the database locked for longer than "
+                f"{wait_ms / 1000:g} s ({error.orig}); wait for its migration (or write) to finish and run the "
+                "migration again."
+            ) from error
+        finally:
+            raw.execute(f"PRAGMA busy_timeout={session_module.SQLITE_BUSY_TIMEOUT_MS}")
 
     def _take_migration_lock(self, connection: Connection, lock_timeout: float | None) -> None:
         """Session-level advisory lock, held across the per-revision transactions; a second process waits here."""
@@ -411,9 +450,12 @@ class SqlaBackendManager:
         outer_transaction = connection.in_transaction()
         head = self.get_schema_version_code()
         current = self._database_revision(connection)
-        existing = set(inspect(connection).get_table_names()) & set(Base.metadata.tables)
+        tables = set(inspect(connection).get_table_names())
+        existing = tables & set(Base.metadata.tables)
         if not outer_transaction:
             connection.commit()  # so that alembic runs each revision in a transaction of its own
+        if tables - {"alembic_version"} and not existing:
+            raise ForeignDatabase(self._foreign_message(tables))
         if current is None:
             if existing:
                 raise DatabaseMigrationError(

@@ -54,9 +54,9 @@ def plugin_manager(backend_name: str) -> pluggy.PluginManager:
         raise ConfigurationError(
             f"cannot load the storage backend {backend_name!r} ({entry_point.value}): {error}"
         ) from error
-    pm.register(plugin, name=backend_name)
     try:
-        pm.check_pending()
+        pm.register(plugin, name=backend_name)  # checks the signatures of the hooks the plugin implements
+        pm.check_pending()  # and that it implements no hook the specs do not know
     except pluggy.PluginValidationError as error:
         raise ConfigurationError(f"the storage backend {backend_name!r} does not fit the hook specs: {error}") from error
     with _fork_lock:

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, UnsupportedEngine
 
 __all__ = (
     "BACKEND_NAME",
@@ -62,6 +62,13 @@ class Profile:
     storage_backend: str = BACKEND_NAME
     storage_config: Mapping[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        """The password of the storage URL or ``database_password`` is shown as ``***``."""
+        return (
+            f"Profile(name={self.name!r}, storage_backend={self.storage_backend!r}, "
+            f"storage_config={masked_storage_config(self)!r})"
+        )
+
 
 def database_url(profile: ProfileLike) -> URL:
     """Return the SQLAlchemy URL of the profile's database, or raise :class:`ConfigurationError`."""
@@ -77,7 +84,7 @@ def database_url(profile: ProfileLike) -> URL:
                 "'sqlite:////path/to/file.sqlite' or 'postgresql+psycopg2://user:password@host:5432/dbname'."
             ) from exc
         if url.get_backend_name() not in SUPPORTED_DIALECTS:
-            raise ConfigurationError(
+            raise UnsupportedEngine(
                 f"Profile {profile.name!r}: the database engine {url.get_backend_name()!r} is not supported; "
                 f"use one of {', '.join(SUPPORTED_DIALECTS)}."
             )
@@ -96,7 +103,7 @@ def _url_from_aiida_keys(name: str, config: Mapping[str, Any]) -> URL:
         )
     driver = ENGINE_DRIVERS.get(str(engine))
     if driver is None:
-        raise ConfigurationError(
+        raise UnsupportedEngine(
             f"Profile {name!r}: unknown database_engine {engine!r}; use one of {', '.join(sorted(ENGINE_DRIVERS))}."
         )
     database = config.get("database_name")

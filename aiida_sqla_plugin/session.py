@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event, exc
@@ -29,8 +30,18 @@ from sqlalchemy.orm import Session, SessionTransactionOrigin, scoped_session, se
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from . import values
-from .exceptions import ConfigurationError, CorruptStorage, UnreachableStorage, error_line
-from .profile import ProfileLike, database_url, describe_url, engine_kwargs
+from .exceptions import (
+    AiidaSqlaError,
+    AuthenticationFailed,
+    ConfigurationError,
+    CorruptStorage,
+    DatabaseNotFound,
+    ReadOnlyStorage,
+    StorageFull,
+    UnreachableStorage,
+    error_line,
+)
+from .profile import ProfileLike, database_url, describe_url, engine_kwargs, sqlite_path
 
 __all__ = (
     "after_fork_in_child",
@@ -44,6 +55,7 @@ __all__ = (
     "reset_session",
     "set_current_profile",
     "sqlite_write_options",
+    "storage_error",
     "transaction",
 )
 
@@ -51,6 +63,8 @@ __all__ = (
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 #: Words in a sqlite3 error that mean the file is damaged, not busy.
 _CORRUPT_MARKERS = ("malformed", "not a database", "corrupt")
+#: Tables of which one marks a SQLite file as this plugin's, whose journal mode may be changed (SQL tuple literal).
+_OWN_TABLES = "('alembic_version', 'db_dbsetting', 'db_dbnode', 'db_dbuser')"
 #: A pooled connection idle for longer than this is pinged at checkout (when pre-ping is on).
 PRE_PING_IDLE_SECONDS = 5.0
 #: Execution option naming the SQLite ``BEGIN`` mode of a connection (``DEFERRED`` unless set).
@@ -146,7 +160,7 @@ def _install_fork_guard(engine: Engine, pre_ping: bool) -> None:
 
 
 def _switch_to_wal(cursor: Any) -> None:
-    """Put the database file in WAL mode unless it is already, without waiting for other processes.
+    """Put an empty database file, or one of this plugin, in WAL mode unless it is already, without waiting.
 
     The switch needs an exclusive lock; two processes opening a new file at once would each hold a lock the other
     waits for until the busy timeout. Failing fast is safe: WAL is a property of the file, so when another process
@@ -154,6 +168,11 @@ def _switch_to_wal(cursor: Any) -> None:
     """
     if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
         return
+    tables, ours = cursor.execute(
+        f"SELECT count(*), count(CASE WHEN name IN {_OWN_TABLES} THEN 1 END) FROM sqlite_master WHERE type = 'table'"
+    ).fetchone()
+    if tables and not ours:
+        return  # a file of another application: opening it must not change it
     cursor.execute("PRAGMA busy_timeout=0")
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -162,9 +181,8 @@ def _switch_to_wal(cursor: Any) -> None:
             raise
 
 
-def _configure_sqlite(engine: Engine, profile_name: str) -> None:
-    """Foreign keys, WAL, a busy timeout, transactions that begin (deferred) when SQLAlchemy says so, and
-    :class:`CorruptStorage` for a file that is not a (readable) database."""
+def _configure_sqlite(engine: Engine) -> None:
+    """Foreign keys, WAL, a busy timeout and transactions that begin (deferred) when SQLAlchemy says so."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -177,18 +195,6 @@ def _configure_sqlite(engine: Engine, profile_name: str) -> None:
             cursor.execute("PRAGMA synchronous=NORMAL")
         finally:
             cursor.close()
-
-    @event.listens_for(engine, "handle_error")
-    def _on_error(context: ExceptionContext) -> None:
-        error = context.original_exception
-        # Plain DatabaseError (not one of its subclasses) is how sqlite3 reports a file it cannot read.
-        if type(error) is sqlite3.DatabaseError or isinstance(error, sqlite3.OperationalError) and any(
-            marker in str(error) for marker in _CORRUPT_MARKERS
-        ):
-            raise CorruptStorage(
-                f"Profile {profile_name!r}: the {describe_url(engine.url)} cannot be read ({error}); restore it from a "
-                "backup or point the profile at another database"
-            ) from context.sqlalchemy_exception
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
@@ -214,26 +220,85 @@ def create_profile_engine(profile: ProfileLike) -> Engine:
         raise ConfigurationError(f"Profile {profile.name!r}: invalid engine_kwargs ({error}).") from error
     _install_fork_guard(engine, pre_ping)
     if url.get_backend_name() == "sqlite":
-        _configure_sqlite(engine, profile.name)
+        _configure_sqlite(engine)
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> None:
+        original = context.original_exception
+        error = storage_error(engine.url, profile.name, original)
+        if error is None and context.connection is None and not context.is_pre_ping and isinstance(
+            original, engine.dialect.loaded_dbapi.OperationalError
+        ):
+            error = _unreachable(engine.url, profile.name, original)  # connecting failed, from whichever entry point
+        if error is not None:
+            raise error from context.sqlalchemy_exception
+
     return engine
+
+
+def _sqlite_not_writable(path: Path | None) -> bool:
+    """True when the file exists but it or its directory cannot be written (a read-only mount, permissions)."""
+    return path is not None and path.exists() and not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))
+
+
+def storage_error(url: URL, profile_name: str, error: BaseException) -> AiidaSqlaError | None:
+    """The library's exception for a driver error that says what is wrong with the storage, else None.
+
+    SQLite: a file that is not a database (:class:`CorruptStorage`), a read-only file or directory
+    (:class:`ReadOnlyStorage`), a full disk (:class:`StorageFull`). PostgreSQL: a rejected password
+    (:class:`AuthenticationFailed`), a database that does not exist (:class:`DatabaseNotFound`).
+    """
+    where = describe_url(url)
+    text = str(error)
+    if url.get_backend_name() == "sqlite":
+        # Plain DatabaseError (not one of its subclasses) is how sqlite3 reports a file it cannot read.
+        if type(error) is sqlite3.DatabaseError or isinstance(error, sqlite3.OperationalError) and any(
+            marker in text for marker in _CORRUPT_MARKERS
+        ):
+            return CorruptStorage(
+                f"Profile {profile_name!r}: the {where} cannot be read ({error}); restore it from a backup or point "
+                "the profile at another database"
+            )
+        if not isinstance(error, sqlite3.OperationalError):
+            return None
+        if "database or disk is full" in text:
+            return StorageFull(
+                f"Profile {profile_name!r}: the disk holding the {where} is full ({error}); the statement was rolled "
+                "back and the database is as before it; free space on that disk (or move the file) and try again"
+            )
+        if "readonly database" in text or "unable to open" in text and _sqlite_not_writable(sqlite_path(url)):
+            return ReadOnlyStorage(
+                f"Profile {profile_name!r}: the {where} is read-only ({error}); SQLite must write both the file and "
+                "its directory (WAL), even to read: make them writable, or copy the file somewhere writable"
+            )
+        return None
+    reason = error_line(error)
+    if "password authentication failed" in text:
+        return AuthenticationFailed(
+            f"Profile {profile_name!r}: the server rejected the password of the {where} ({reason}); fix the "
+            "password in the profile (aiida-sqla profile show) or the server's pg_hba.conf"
+        )
+    if "does not exist" in text and f'database "{url.database}"' in text:
+        return DatabaseNotFound(
+            f"Profile {profile_name!r}: the {where} does not exist ({reason}); create it (createdb {url.database}) "
+            "or fix the database name in the profile"
+        )
+    return None
 
 
 def check_connection(profile: ProfileLike | None = None) -> None:
     """Connect once to the profile's database, raising :class:`UnreachableStorage` with the fix if it fails."""
-    profile = profile or get_current_profile()
-    engine = get_engine(profile)
-    try:
-        with engine.connect():
-            pass
-    except exc.OperationalError as error:
-        where = describe_url(engine.url)
-        hint = (
-            "check that the directory exists and is writable"
-            if engine.url.get_backend_name() == "sqlite"
-            else "check that the server is running, and the host, port, user, password and database name"
-        )
-        reason = error_line(error)
-        raise UnreachableStorage(f"Profile {profile.name!r}: cannot reach the {where} ({reason}); {hint}.") from error
+    with get_engine(profile or get_current_profile()).connect():
+        pass  # a failure to connect raises UnreachableStorage (or a subclass) through the engine's error hook
+
+
+def _unreachable(url: URL, profile_name: str, error: BaseException) -> UnreachableStorage:
+    hint = (
+        "check that the directory exists and is writable"
+        if url.get_backend_name() == "sqlite"
+        else "check that the server is running, and the host, port, user, password and database name"
+    )
+    return UnreachableStorage(f"Profile {profile_name!r}: cannot reach the {describe_url(url)} ({error_line(error)}); {hint}.")
 
 
 def sqlite_write_options(dialect_name: str) -> dict[str, str]:

@@ -7,12 +7,16 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, func, insert, select, text
+from sqlalchemy import inspect as sqlalchemy_inspect
 from sqlalchemy.engine import URL, Connection, make_url
 
+import aiida_sqla_plugin
 from aiida_sqla_plugin.backend import SqlaBackend
+from aiida_sqla_plugin.manager import SqlaBackendManager
 from aiida_sqla_plugin.models import DbLink, DbNode, DbUser
 
 PG_ADMIN_URL = make_url(os.environ.get("AIIDA_SQLA_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"))
@@ -77,3 +81,34 @@ def insert_links(connection: Connection, edges: Iterable[Edge]) -> None:
     """Store links with one Core executemany, labelled ``l<input>_<output>``."""
     rows = [{"input_id": u, "output_id": v, "type": kind, "label": f"l{u}_{v}"} for u, v, kind in edges]
     connection.execute(insert(DbLink.__table__), rows)  # type: ignore[arg-type]
+
+
+def database_fingerprint(url: URL | str) -> dict[str, int]:
+    """Every table of the database with its row count, read through an engine of its own (SQLite: the file must exist).
+
+    Two equal fingerprints mean no table appeared, vanished or changed its number of rows in between.
+    """
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            names = sqlalchemy_inspect(connection).get_table_names()
+            quote = connection.dialect.identifier_preparer.quote
+            return {name: int(connection.execute(text(f"SELECT count(*) FROM {quote(name)}")).scalar_one()) for name in names}
+    finally:
+        engine.dispose()
+
+
+def truncated_sqlite_database(tmp_path: Path) -> bytes:
+    """The first half of a migrated, filled SQLite database."""
+    source = tmp_path / "source.sqlite"
+    profile = aiida_sqla_plugin.Profile(name="source", storage_backend="sqlalchemy", storage_config={"url": f"sqlite:///{source}"})
+    aiida_sqla_plugin.reset_session(profile)
+    SqlaBackendManager(profile).migrate()
+    backend = SqlaBackend(profile)
+    with backend.transaction() as session:
+        user = DbUser(email="u@example.org")
+        session.add(user)
+    backend.bulk_insert(DbNode, [{"node_type": "data.", "user_id": user.id, "label": "n" * 200}] * 2000)
+    aiida_sqla_plugin.dispose_engines()
+    data = source.read_bytes()
+    return data[: len(data) // 2]

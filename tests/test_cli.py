@@ -223,7 +223,7 @@ def test_profile_lifecycle_and_errors(tmp_path: Path) -> None:
     assert "invalid profile name" in invoke("profile", "create", "a b", code=1).stderr
     assert "not both" in invoke("profile", "create", "x", "--url", "sqlite://", "--host", "h", code=2).stderr
     assert "--database" in invoke("profile", "create", "x", "--engine", "postgresql", code=2).stderr
-    assert "not supported" in invoke("profile", "create", "x", "--url", "mysql://h/db", code=1).stderr
+    assert "not supported" in invoke("profile", "create", "x", "--url", "mysql://h/db", code=7).stderr
 
     # Refusing the confirmation keeps the profile; --yes deletes the entry but keeps the database file.
     invoke("-p", "one", "storage", "migrate", "--force")
@@ -342,14 +342,14 @@ def test_unreachable_and_corrupt_sqlite(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.sqlite"
     garbage.write_bytes(b"this is not a database" * 100)
     invoke("profile", "create", "bad", "--url", f"sqlite:///{garbage}")
-    assert json.loads(invoke("-p", "bad", "storage", "version", "--json", code=3).stdout)["state"] == "corrupt"
-    assert "cannot be read" in one_error_line(invoke("-p", "bad", "storage", "migrate", "--force", code=3).stderr)
+    assert json.loads(invoke("-p", "bad", "storage", "version", "--json", code=10).stdout)["state"] == "corrupt"
+    assert "cannot be read" in one_error_line(invoke("-p", "bad", "storage", "migrate", "--force", code=10).stderr)
 
 
 def test_foreign_tables_are_corrupt(new_profile: CliProfile) -> None:
     with new_profile.backend.engine.begin() as connection:
         connection.execute(text("CREATE TABLE db_dbnode (id INTEGER PRIMARY KEY)"))
-    report = json.loads(invoke("storage", "version", "--json", code=3).stdout)
+    report = json.loads(invoke("storage", "version", "--json", code=10).stdout)
     assert report["state"] == "corrupt" and "no schema revision" in report["message"]
 
 
@@ -606,10 +606,10 @@ def test_backend_is_loaded_through_its_entry_point_and_the_hooks(new_profile: Cl
 
 def test_unknown_storage_backend_lists_the_installed_ones(tmp_path: Path) -> None:
     ConfigFile().add_profile(Profile("odd", "nosuch", {"url": f"sqlite:///{tmp_path / 'odd.sqlite'}"}))
-    error = one_error_line(invoke("-p", "odd", "storage", "version", code=1).stderr)
+    error = one_error_line(invoke("-p", "odd", "storage", "version", code=7).stderr)
     assert "no storage backend 'nosuch'" in error and "installed: sqlalchemy" in error
     assert "installed: sqlalchemy" in one_error_line(
-        invoke("profile", "create", "odd2", "--backend", "nosuch", code=1).stderr)
+        invoke("profile", "create", "odd2", "--backend", "nosuch", code=7).stderr)
     assert "odd2" not in ConfigFile().read().profiles
 
 

@@ -24,6 +24,7 @@ from aiida_sqla_plugin.models import DbNode, DbSetting, DbUser
 from aiida_sqla_plugin.settings import SqlaSettingsManager
 from aiida_sqla_plugin.utils import flag_modified
 from aiida_sqla_plugin.values import MAX_JSON_DEPTH
+from helpers import truncated_sqlite_database
 
 HYPOTHESIS = settings(
     max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -144,25 +145,9 @@ def _corrupt_profile(tmp_path: Path, content: bytes) -> tuple[aiida_sqla_plugin.
     return profile, path
 
 
-def _truncated_database(tmp_path: Path) -> bytes:
-    """The first half of a migrated, filled SQLite database."""
-    source = tmp_path / "source.sqlite"
-    profile = aiida_sqla_plugin.Profile(name="source", storage_backend="sqlalchemy", storage_config={"url": f"sqlite:///{source}"})
-    aiida_sqla_plugin.reset_session(profile)
-    SqlaBackendManager(profile).migrate()
-    backend = SqlaBackend(profile)
-    with backend.transaction() as session:
-        user = DbUser(email="u@example.org")
-        session.add(user)
-    backend.bulk_insert(DbNode, [{"node_type": "data.", "user_id": user.id, "label": "n" * 200}] * 2000)
-    aiida_sqla_plugin.dispose_engines()
-    data = source.read_bytes()
-    return data[: len(data) // 2]
-
-
 @pytest.mark.parametrize("kind", ["garbage", "truncated"])
 def test_corrupt_sqlite_file_raises_corrupt_storage_from_every_entry_point(tmp_path, kind):
-    content = b"this is not a database\n" * 500 if kind == "garbage" else _truncated_database(tmp_path)
+    content = b"this is not a database\n" * 500 if kind == "garbage" else truncated_sqlite_database(tmp_path)
     profile, path = _corrupt_profile(tmp_path, content)
     manager = SqlaBackendManager()
     calls = [

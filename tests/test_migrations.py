@@ -23,6 +23,7 @@ from aiida_sqla_plugin.exceptions import DatabaseMigrationError, IncompatibleDat
 from aiida_sqla_plugin.manage import alembic_command_names, execute_alembic_command
 from aiida_sqla_plugin.manager import SqlaBackendManager, new_alembic_config
 from aiida_sqla_plugin.models import Base
+from aiida_sqla_plugin.session import sqlite_write_options
 
 FIRST, HEAD = "main_0001", "main_0002"
 
@@ -218,17 +219,25 @@ def test_concurrent_migrations_run_each_revision_once(empty_backend: SqlaBackend
 
 
 def test_migration_lock_timeout(empty_backend: SqlaBackend, dialect: str) -> None:
-    """PostgreSQL: with a lock timeout, a migration gives up clearly while another process holds the lock."""
-    if dialect != "postgresql":
-        pytest.skip("SQLite migrations wait on the database lock (busy timeout) instead")
+    """With a lock timeout, a migration gives up clearly while another process holds the lock (the PostgreSQL
+    advisory lock; on SQLite the write lock of an immediate transaction), and changes nothing."""
     holder = empty_backend.engine.connect()
-    holder.exec_driver_sql(f"SELECT pg_advisory_lock({manager_module.MIGRATION_LOCK_KEY})")
+    if dialect == "postgresql":
+        holder.exec_driver_sql(f"SELECT pg_advisory_lock({manager_module.MIGRATION_LOCK_KEY})")
+        message = "another process is migrating"
+    else:
+        holder = holder.execution_options(**sqlite_write_options(dialect))
+        holder.begin()
+        message = "another process kept the database locked for longer than 0.3 s"
     try:
-        with pytest.raises(DatabaseMigrationError, match="another process is migrating"):
+        with pytest.raises(DatabaseMigrationError, match=message):
             empty_backend.backend_manager.migrate(lock_timeout=0.3)
         assert revision(empty_backend) is None
     finally:
-        holder.exec_driver_sql(f"SELECT pg_advisory_unlock({manager_module.MIGRATION_LOCK_KEY})")
+        if dialect == "postgresql":
+            holder.exec_driver_sql(f"SELECT pg_advisory_unlock({manager_module.MIGRATION_LOCK_KEY})")
+        else:
+            holder.rollback()
         holder.close()
     assert empty_backend.backend_manager.migrate(lock_timeout=5) == [HEAD]
     assert revision(empty_backend) == HEAD

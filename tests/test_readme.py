@@ -57,7 +57,7 @@ def test_readme_command_list_matches_the_cli() -> None:
 
 
 def test_readme_exit_codes_match_the_cli() -> None:
-    rows = re.findall(r"^\| (\d) \| (.*) \|$", _block("exit-codes"), re.M)
+    rows = re.findall(r"^\| (\d+) \| (.*) \|$", _block("exit-codes"), re.M)
     assert {int(code): meaning for code, meaning in rows} == EXIT_CODES
 
 

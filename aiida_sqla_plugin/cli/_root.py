@@ -22,20 +22,27 @@ from .. import session as session_module
 from ..config import ConfigFile
 from ..exceptions import (
     AiidaSqlaError,
+    AuthenticationFailed,
+    ConfigurationError,
     CorruptStorage,
+    DatabaseNotFound,
     DrawingTooLarge,
+    ForeignDatabase,
     OptionConflict,
+    ReadOnlyStorage,
     SchemaAhead,
     SchemaBehind,
+    StorageFull,
     UnreachableStorage,
     error_line,
 )
-from ..manager import SchemaReport, SchemaState
+from ..manager import SchemaReport
 from ..plugins import LoadedBackend, load_backend
 from ..profile import Profile
 from ..progress import ProgressCallback
 
-__all__ = ("EXIT_CODES", "CliState", "cli", "common_options", "emit_json", "exit_code_for", "fail", "get_state", "json_option")
+__all__ = ("EXIT_CODES", "CliState", "cli", "common_options", "emit_json", "exit_code_for", "fail", "get_state", "json_option",
+           "report_exit_code")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,23 +53,29 @@ EXIT_UNREACHABLE = 3
 EXIT_MIGRATION_NEEDED = 4
 EXIT_AHEAD = 5
 EXIT_TOO_LARGE = 6
-#: Exit codes of every command, as documented in ``--help`` and the README.
+EXIT_CONFIGURATION = 7
+EXIT_AUTHENTICATION = 8
+EXIT_NO_DATABASE = 9
+EXIT_CORRUPT = 10
+EXIT_FOREIGN = 11
+EXIT_READ_ONLY = 12
+EXIT_STORAGE_FULL = 13
+
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success (storage version: the database schema matches the code)",
     EXIT_ERROR: "error: unknown profile, pk or setting, bad JSON value, refused confirmation, ...",
     EXIT_USAGE: "usage error: unknown command, option or missing argument",
-    EXIT_UNREACHABLE: "the database is unreachable or corrupt",
+    EXIT_UNREACHABLE: "the database is unreachable (no server on that host and port, no such directory)",
     EXIT_MIGRATION_NEEDED: "the database needs a migration (also when it was never initialised)",
     EXIT_AHEAD: "the database schema is ahead of this code",
     EXIT_TOO_LARGE: "graph draw: the picture would exceed --max-nodes (nothing drawn)",
-}
-STATE_EXIT_CODES: dict[SchemaState, int] = {
-    SchemaState.COMPATIBLE: EXIT_OK,
-    SchemaState.NOT_INITIALISED: EXIT_MIGRATION_NEEDED,
-    SchemaState.BEHIND: EXIT_MIGRATION_NEEDED,
-    SchemaState.AHEAD: EXIT_AHEAD,
-    SchemaState.UNREACHABLE: EXIT_UNREACHABLE,
-    SchemaState.CORRUPT: EXIT_UNREACHABLE,
+    EXIT_CONFIGURATION: "the profile's storage configuration is wrong (unsupported engine, bad URL or keys)",
+    EXIT_AUTHENTICATION: "the database server rejected the user name or password",
+    EXIT_NO_DATABASE: "the server answers but the profile's database does not exist",
+    EXIT_CORRUPT: "the database is corrupt (not a database, truncated, tables without revision, wrong generation)",
+    EXIT_FOREIGN: "the database belongs to another application (its tables, none of this plugin)",
+    EXIT_READ_ONLY: "the SQLite file or its directory is read-only",
+    EXIT_STORAGE_FULL: "the disk holding the database is full (the failed write was rolled back)",
 }
 
 
@@ -229,11 +242,24 @@ class CliError(click.ClickException):
 #: Exception type -> exit code; the first entry the error is an instance of wins (most specific first).
 ERROR_EXIT_CODES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int], ...] = (
     (SchemaAhead, EXIT_AHEAD),
-    ((CorruptStorage, UnreachableStorage, sa_exc.OperationalError, sa_exc.DatabaseError), EXIT_UNREACHABLE),
+    (ForeignDatabase, EXIT_FOREIGN),
+    (CorruptStorage, EXIT_CORRUPT),
+    (AuthenticationFailed, EXIT_AUTHENTICATION),
+    (DatabaseNotFound, EXIT_NO_DATABASE),
+    (ReadOnlyStorage, EXIT_READ_ONLY),
+    ((UnreachableStorage, sa_exc.OperationalError, sa_exc.DatabaseError), EXIT_UNREACHABLE),
+    (StorageFull, EXIT_STORAGE_FULL),
     (SchemaBehind, EXIT_MIGRATION_NEEDED),
     (OptionConflict, EXIT_USAGE),
+    (ConfigurationError, EXIT_CONFIGURATION),
     (DrawingTooLarge, EXIT_TOO_LARGE),
 )
+
+
+def report_exit_code(report: SchemaReport) -> int:
+    """The exit code of a schema report: 0 when compatible, else the one of its error."""
+    error = report.error()
+    return EXIT_OK if error is None else exit_code_for(error)
 
 
 def exit_code_for(error: BaseException) -> int:

@@ -10,7 +10,7 @@ from ..maintenance import reset_storage
 from ..manager import SchemaReport, SchemaState
 from ..migration import migration_sql, plan_migration
 from .. import reports
-from ._root import EXIT_OK, STATE_EXIT_CODES, common_options, emit_json, get_state, json_option
+from ._root import EXIT_OK, common_options, emit_json, get_state, json_option, report_exit_code
 
 __all__ = ("storage_copy", "storage_group")
 
@@ -69,7 +69,7 @@ def storage_migrate(force: bool) -> None:
 
 
 def _report_exit(report: SchemaReport) -> None:
-    code = STATE_EXIT_CODES[report.state]
+    code = report_exit_code(report)
     if code != EXIT_OK:
         click.get_current_context().exit(code)
 
@@ -81,8 +81,8 @@ def storage_version(as_json: bool) -> None:
     """Print the code's schema revision, the database's revision and generation; the exit code tells the state.
 
     \b
-    Exit codes: 0 compatible, 3 unreachable or corrupt, 4 migration needed (also never initialised),
-    5 database ahead of the code.
+    Exit codes: 0 compatible, 4 migration needed (also never initialised), 5 database ahead of the code, else
+    the code of the failure (3 unreachable, 7-13: see aiida-sqla --help).
 
     \b
     Example:
@@ -91,7 +91,7 @@ def storage_version(as_json: bool) -> None:
     state = get_state()
     report = state.schema()
     if as_json:
-        emit_json({**report.as_dict(), "exit_code": STATE_EXIT_CODES[report.state]})
+        emit_json({**report.as_dict(), "exit_code": report_exit_code(report)})
     else:
         click.echo(f"code schema revision: {report.code_revision} (generation {report.code_generation})")
         click.echo(f"database schema revision: {report.database_revision or 'none'}"
