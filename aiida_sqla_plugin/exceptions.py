@@ -12,6 +12,8 @@ __all__ = (
     "MissingDependency",
     "NotExistent",
     "OptionConflict",
+    "PoolExhausted",
+    "ReadOnlyStorage",
     "SchemaAhead",
     "SchemaBehind",
     "StorageInUse",
@@ -43,6 +45,15 @@ class ConfigurationError(AiidaSqlaError):
 
 class UnreachableStorage(AiidaSqlaError):
     """The database named by a profile cannot be reached."""
+
+
+class PoolExhausted(UnreachableStorage):
+    """Every connection of this process's pool stayed in use for the whole pool timeout; the message names the
+    limits (``pool_size``, ``max_overflow``, ``pool_timeout`` of the profile's ``engine_kwargs``)."""
+
+
+class ReadOnlyStorage(AiidaSqlaError):
+    """A write (or a migration) was attempted on a profile whose storage config says ``"read_only": true``."""
 
 
 class IncompatibleDatabaseSchema(AiidaSqlaError):

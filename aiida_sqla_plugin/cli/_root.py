@@ -25,6 +25,7 @@ from ..exceptions import (
     CorruptStorage,
     DrawingTooLarge,
     OptionConflict,
+    PoolExhausted,
     SchemaAhead,
     SchemaBehind,
     UnreachableStorage,
@@ -46,6 +47,7 @@ EXIT_UNREACHABLE = 3
 EXIT_MIGRATION_NEEDED = 4
 EXIT_AHEAD = 5
 EXIT_TOO_LARGE = 6
+EXIT_POOL_EXHAUSTED = 7
 #: Exit codes of every command, as documented in ``--help`` and the README.
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success (storage version: the database schema matches the code)",
@@ -55,6 +57,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_MIGRATION_NEEDED: "the database needs a migration (also when it was never initialised)",
     EXIT_AHEAD: "the database schema is ahead of this code",
     EXIT_TOO_LARGE: "graph draw: the picture would exceed --max-nodes (nothing drawn)",
+    EXIT_POOL_EXHAUSTED: "no free connection in the process's pool within pool_timeout (raise pool_size/max_overflow)",
 }
 STATE_EXIT_CODES: dict[SchemaState, int] = {
     SchemaState.COMPATIBLE: EXIT_OK,
@@ -228,6 +231,7 @@ class CliError(click.ClickException):
 
 #: Exception type -> exit code; the first entry the error is an instance of wins (most specific first).
 ERROR_EXIT_CODES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int], ...] = (
+    (PoolExhausted, EXIT_POOL_EXHAUSTED),
     (SchemaAhead, EXIT_AHEAD),
     ((CorruptStorage, UnreachableStorage, sa_exc.OperationalError, sa_exc.DatabaseError), EXIT_UNREACHABLE),
     (SchemaBehind, EXIT_MIGRATION_NEEDED),
