@@ -123,6 +123,29 @@ def _name_connections(engine: Engine, prefix: str) -> None:
         cparams["application_name"] = application_name(prefix)
 
 
+def _report_disconnects(engine: Engine, profile_name: str) -> None:
+    """A failed connect, or a connection lost in use (server restart, terminated backend), raises
+    :class:`UnreachableStorage`.
+
+    SQLAlchemy still invalidates the pool, so the next checkout opens a new connection.
+    """
+
+    @event.listens_for(engine, "handle_error")
+    def _on_disconnect(context: ExceptionContext) -> None:
+        error = context.original_exception
+        if context.connection is None and isinstance(error, engine.dialect.loaded_dbapi.OperationalError):
+            raise UnreachableStorage(
+                f"Profile {profile_name!r}: cannot reach the {describe_url(engine.url)} ({error_line(error)}); check "
+                "that the server is running, and the host, port, user, password and database name."
+            ) from context.sqlalchemy_exception
+        if context.is_disconnect:
+            raise UnreachableStorage(
+                f"Profile {profile_name!r}: the connection to the {describe_url(engine.url)} was lost "
+                f"({error_line(context.original_exception)}); the open transaction was rolled back and none of it was "
+                "written: run it again once the server answers."
+            ) from context.sqlalchemy_exception
+
+
 def _open_read_only(engine: Engine, profile_name: str) -> None:
     """Every transaction read-only (PostgreSQL ``BEGIN READ ONLY``, SQLite ``mode=ro``); a write raises
     :class:`ReadOnlyStorage`."""
@@ -270,6 +293,7 @@ def create_profile_engine(profile: ProfileLike) -> Engine:
     _install_fork_guard(engine, pre_ping)
     if postgresql:
         _name_connections(engine, name_prefix)
+        _report_disconnects(engine, profile.name)
     if url.get_backend_name() == "sqlite":
         _configure_sqlite(engine, profile.name)
     if read_only:

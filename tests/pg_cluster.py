@@ -80,6 +80,7 @@ class PgCluster:
     root: Path
     hosts: Sequence[str]
     port: int
+    max_connections: int = MAX_CONNECTIONS
     bouncer_port: int | None = None
     bouncer_pool_size: int | None = None
     _bouncer: subprocess.Popen[bytes] | None = field(default=None, repr=False)
@@ -100,6 +101,11 @@ class PgCluster:
         return URL.create(
             "postgresql+psycopg2", username=ROLE, password=PASSWORD, host=host or self.hosts[0], port=port, database=database
         )
+
+    def backend_count(self, database: str | None = None) -> int:
+        """Server processes serving clients (all databases, or one), the superuser's query included."""
+        where = f" AND datname = '{database}'" if database else ""
+        return int(self.psql(f"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'{where}"))
 
     def admin_url(self, database: str = DATABASE) -> URL:
         """The superuser, over the cluster's own unix socket (trust: only this machine's root can reach it)."""
@@ -182,12 +188,72 @@ class PgCluster:
             _as_postgres(PG_BIN / "pg_ctl", "-D", self.data, "-w", "stop", "-m", "immediate", check=False)
 
 
+def netns_unavailable() -> str | None:
+    """Why network namespaces with veth pairs cannot be made here, or None."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return "network namespaces need root and iproute2 ('ip')"
+    name = f"aiidasqla-probe-{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"cannot make a network namespace: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return None
+
+
+@dataclass(frozen=True)
+class Host:
+    """A simulated worker host: a network namespace, its address, and the server-side address it reaches."""
+
+    namespace: str
+    address: str
+    server_address: str
+
+    def command(self, *argv: str) -> list[str]:
+        return ["ip", "netns", "exec", self.namespace, *argv]
+
+
 @contextlib.contextmanager
-def private_cluster(hosts: Sequence[str] = ("127.0.0.1",), *, bouncer_pool_size: int | None = None) -> Iterator[PgCluster]:
+def simulated_hosts(count: int) -> Iterator[list[Host]]:
+    """``count`` network namespaces, each joined to this one by a veth pair with addresses 10.213.<i>.1/.2."""
+    reason = netns_unavailable()
+    if reason is not None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI must run the multi-host tests: {reason}")
+        pytest.skip(reason)
+    tag = os.getpid() % 10000
+    hosts: list[Host] = []
+    try:
+        for index in range(1, count + 1):
+            host = Host(f"aiidasqla{tag}h{index}", f"10.213.{index}.2", f"10.213.{index}.1")
+            outer, inner = f"vsq{tag}h{index}o", f"vsq{tag}h{index}i"
+            hosts.append(host)
+            for command in (
+                ["ip", "netns", "add", host.namespace],
+                ["ip", "link", "add", outer, "type", "veth", "peer", "name", inner],
+                ["ip", "link", "set", inner, "netns", host.namespace],
+                ["ip", "addr", "add", f"{host.server_address}/24", "dev", outer],
+                ["ip", "link", "set", outer, "up"],
+                *(host.command(*argv) for argv in (
+                    ["ip", "addr", "add", f"{host.address}/24", "dev", inner],
+                    ["ip", "link", "set", inner, "up"],
+                    ["ip", "link", "set", "lo", "up"],
+                )),
+            ):
+                subprocess.run(command, check=True, capture_output=True, text=True)
+        yield hosts
+    finally:
+        for host in hosts:  # deleting a namespace deletes its end of the veth pair, and so the pair
+            subprocess.run(["ip", "netns", "del", host.namespace], capture_output=True)
+
+
+@contextlib.contextmanager
+def private_cluster(
+    hosts: Sequence[str] = ("127.0.0.1",), *, max_connections: int = MAX_CONNECTIONS, bouncer_pool_size: int | None = None
+) -> Iterator[PgCluster]:
     """Make, start and finally remove a private cluster listening on ``hosts`` (and PgBouncer if a size is given)."""
     require_cluster()
     root = Path(tempfile.mkdtemp(prefix="aiida-sqla-pg-"))
-    cluster = PgCluster(root, tuple(hosts), free_port(hosts[0]))
+    cluster = PgCluster(root, tuple(hosts), free_port(hosts[0]), max_connections)
     try:
         cluster.socket_dir.mkdir()
         subprocess.run(["chown", "-R", f"{OS_USER}:", str(root)], check=True)
@@ -195,10 +261,12 @@ def private_cluster(hosts: Sequence[str] = ("127.0.0.1",), *, bouncer_pool_size:
         with (cluster.data / "postgresql.conf").open("a") as conf:
             conf.write(
                 f"listen_addresses = '{','.join(hosts)}'\nport = {cluster.port}\n"
-                f"unix_socket_directories = '{cluster.socket_dir}'\nmax_connections = {MAX_CONNECTIONS}\n"
+                f"unix_socket_directories = '{cluster.socket_dir}'\nmax_connections = {max_connections}\n"
                 "superuser_reserved_connections = 3\nshared_buffers = 16MB\nfsync = off\n"
                 "password_encryption = scram-sha-256\n"
             )
+        with (cluster.data / "pg_hba.conf").open("a") as hba:  # the simulated hosts' subnets (veth pairs)
+            hba.write("host all all samenet scram-sha-256\n")
         cluster.pg_ctl("start")
         sql_password = PASSWORD.replace("'", "''")
         cluster.psql(f"CREATE ROLE {ROLE} LOGIN PASSWORD '{sql_password}'", database="postgres")
