@@ -108,19 +108,32 @@ def build_profile(
     port: int | None = None,
     user: str | None = None,
     password: str | None = None,
+    password_file: str | None = None,
     database: str | None = None,
+    options: Mapping[str, str] | None = None,
+    read_only: bool = False,
     storage_backend: str = BACKEND_NAME,
 ) -> Profile:
     """A new profile from a URL, or from an engine (``postgresql``/``sqlite``) and its parts; not yet saved.
 
-    Without ``url`` and ``engine`` it gets a SQLite file in the user data directory. :class:`OptionConflict` when
-    the parts contradict each other, :class:`ConfigurationError` when ``storage_backend`` is not installed. A SQLite
-    file path is made absolute and its directory created.
+    Without ``url`` and ``engine`` it gets a SQLite file in the user data directory. ``password_file`` names a file
+    holding the password (read at each connection, never copied into the config); ``options`` are libpq keywords
+    (``sslmode``, ``sslrootcert``, ``passfile``, ...); without a password libpq also reads ``PGPASSFILE``.
+    ``read_only`` makes every transaction read-only. :class:`OptionConflict` when the parts contradict each other,
+    :class:`ConfigurationError` when ``storage_backend`` is not installed. A SQLite file path is made absolute and
+    its directory created.
     """
     validate_profile_name(name)
-    parts = {"--host": host, "--port": port, "--user": user, "--password": password, "--database": database}
+    if password is not None and password_file is not None:
+        raise OptionConflict("give either --password or --password-file, not both")
+    parts = {
+        "--host": host, "--port": port, "--user": user, "--password": password, "--password-file": password_file,
+        "--database": database, "--option": dict(options) if options else None,
+    }
     if url and (engine or any(value is not None for value in parts.values())):
-        raise OptionConflict("give either --url or --engine with --host/--port/--user/--password/--database, not both")
+        raise OptionConflict(
+            "give either --url or --engine with --host/--port/--user/--password[-file]/--database/--option, not both"
+        )
     if url:
         storage_config: dict[str, Any] = {"url": url}
     elif engine == "postgresql":
@@ -130,12 +143,18 @@ def build_profile(
             "database_engine": "postgresql_psycopg2", "database_hostname": host, "database_port": port,
             "database_username": user, "database_password": password, "database_name": database,
         }
+        if password_file is not None:
+            storage_config["database_password_file"] = str(Path(password_file).expanduser().absolute())
+        if options:
+            storage_config["database_options"] = dict(options)
     elif engine in (None, "sqlite"):
         if engine is None and any(value is not None for value in parts.values()):
-            raise OptionConflict("--host/--port/--user/--password/--database need --engine (or use --url)")
+            raise OptionConflict("--host/--port/--user/--password[-file]/--database/--option need --engine (or use --url)")
         storage_config = {"url": f"sqlite:///{database or default_sqlite_path(name)}"}
     else:
         raise OptionConflict(f"unknown engine {engine!r}; choose postgresql or sqlite")
+    if read_only:
+        storage_config["read_only"] = True
     require_installed(storage_backend)
     return prepare_sqlite_storage(Profile(name, storage_backend, storage_config))
 

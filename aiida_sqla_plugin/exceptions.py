@@ -15,6 +15,7 @@ __all__ = (
     "MissingDependency",
     "NotExistent",
     "OptionConflict",
+    "PoolExhausted",
     "ReadOnlyStorage",
     "SchemaAhead",
     "SchemaBehind",
@@ -64,8 +65,15 @@ class DatabaseNotFound(UnreachableStorage):
     """The server answers but the database the profile names does not exist on it."""
 
 
-class ReadOnlyStorage(UnreachableStorage):
-    """The SQLite file (or its directory) cannot be written: SQLite needs both, even to read a WAL database."""
+class PoolExhausted(UnreachableStorage):
+    """Every connection of this process's pool stayed in use for the whole pool timeout; the message names the
+    limits (``pool_size``, ``max_overflow``, ``pool_timeout`` of the profile's ``engine_kwargs``)."""
+
+
+class ReadOnlyStorage(AiidaSqlaError):
+    """The storage cannot be written, and the message says why: the profile's storage config says
+    ``"read_only": true``, or the SQLite file or its directory is read-only (SQLite needs both, even to read a WAL
+    database)."""
 
 
 class StorageFull(AiidaSqlaError):

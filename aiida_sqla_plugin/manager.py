@@ -25,6 +25,7 @@ from .exceptions import (
     ForeignDatabase,
     IncompatibleDatabaseSchema,
     NotExistent,
+    ReadOnlyStorage,
     SchemaAhead,
     SchemaBehind,
     UnreachableStorage,
@@ -32,7 +33,7 @@ from .exceptions import (
     error_line,
 )
 from .models import Base, DbSetting, dialect_insert, utc_now
-from .profile import ProfileLike, database_url, describe_url, sqlite_file
+from .profile import ProfileLike, database_url, describe_url, is_read_only, sqlite_file
 from .settings import Setting, SqlaSettingsManager
 
 __all__ = (
@@ -369,10 +370,16 @@ class SqlaBackendManager:
 
         A new database is built with ``create_all`` and stamped; an older one is upgraded revision by revision,
         each in its own transaction on PostgreSQL. Concurrent migrations of one database are serialised (an
-        advisory lock on PostgreSQL, one immediate transaction on SQLite). Never downgrades. ``lock_timeout``
+        advisory lock held in a transaction of a second connection on PostgreSQL, safe behind a transaction pooler;
+        one immediate transaction on SQLite). Refused on a ``read_only`` profile. Never downgrades. ``lock_timeout``
         (seconds) gives up waiting for another process's migration with :class:`DatabaseMigrationError`; by default
         PostgreSQL waits for as long as it takes, SQLite for its busy timeout.
         """
+        if is_read_only(self.profile):
+            raise ReadOnlyStorage(
+                f"Profile {self.profile.name!r} has \"read_only\": true in its storage config and is never migrated; "
+                "migrate through a profile of the same database without that flag."
+            )
         session_module.check_connection(self.profile)
         return self._migrate_database_version(on_revision, lock_timeout)
 
@@ -393,12 +400,16 @@ class SqlaBackendManager:
                 with transaction:
                     self._migrate_locked(connection, record)
         else:
-            with engine.connect() as connection:
-                self._take_migration_lock(connection, lock_timeout)
+            # The lock lives in a transaction of its own connection, open for the whole migration, while the
+            # revisions commit one by one on the other: nothing outlives a transaction, so a transaction pooler
+            # (PgBouncer, pool_mode=transaction) keeps both on one server connection each, and a migrator that dies
+            # releases the lock with its connection.
+            with engine.connect() as holder, engine.connect() as connection:
+                self._take_migration_lock(holder, lock_timeout)
                 try:
                     self._migrate_locked(connection, record)
                 finally:
-                    self._release_migration_lock(connection)
+                    self._release_migration_lock(holder)
         return applied
 
     def _begin_sqlite_migration(self, connection: Connection, lock_timeout: float | None) -> Transaction:
@@ -419,31 +430,27 @@ class SqlaBackendManager:
         finally:
             raw.execute(f"PRAGMA busy_timeout={session_module.SQLITE_BUSY_TIMEOUT_MS}")
 
-    def _take_migration_lock(self, connection: Connection, lock_timeout: float | None) -> None:
-        """Session-level advisory lock, held across the per-revision transactions; a second process waits here."""
-        if lock_timeout is not None:
-            connection.exec_driver_sql(f"SET lock_timeout = {max(1, round(lock_timeout * 1000))}")
+    def _take_migration_lock(self, holder: Connection, lock_timeout: float | None) -> None:
+        """Transaction-level advisory lock in ``holder``'s (left open) transaction; a second migrator waits here."""
         try:
-            connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")
+            if lock_timeout is not None:
+                holder.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, round(lock_timeout * 1000))}")
+            holder.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
+            if lock_timeout is not None:
+                holder.exec_driver_sql("SET LOCAL lock_timeout = DEFAULT")
         except exc.OperationalError as error:
+            holder.rollback()
             raise DatabaseMigrationError(
                 f"Profile {self.profile.name!r}: another process is migrating this database and did not finish "
                 f"within {lock_timeout} s; wait for it, then run the migration again."
             ) from error
-        finally:
-            connection.rollback()
-            if lock_timeout is not None:
-                connection.exec_driver_sql("RESET lock_timeout")
-        connection.commit()
 
     @staticmethod
-    def _release_migration_lock(connection: Connection) -> None:
+    def _release_migration_lock(holder: Connection) -> None:
         try:
-            connection.rollback()
-            connection.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")
-            connection.commit()
+            holder.rollback()  # ends the lock's transaction, and the lock with it
         except exc.DBAPIError:
-            connection.invalidate()  # a broken connection ends its server session, and the lock with it
+            holder.invalidate()  # a broken connection ends its server session, and the lock with it
 
     def _migrate_locked(self, connection: Connection, record: Callable[..., None]) -> None:
         """Migrate while holding the migration lock; ``connection`` may already be in a transaction (SQLite)."""

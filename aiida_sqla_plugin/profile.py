@@ -18,6 +18,7 @@ __all__ = (
     "database_url",
     "describe_url",
     "engine_kwargs",
+    "is_read_only",
     "masked_storage_config",
     "sqlite_file",
     "sqlite_path",
@@ -53,9 +54,12 @@ class ProfileLike(Protocol):
 class Profile:
     """A minimal profile: a name, the entry point of its backend and the storage configuration.
 
-    ``storage_config`` holds either ``url`` (any SQLAlchemy URL) or AiiDA-style keys
-    (``database_engine``, ``database_hostname``, ``database_port``, ``database_username``,
-    ``database_password``, ``database_name``), plus optional ``engine_kwargs``.
+    ``storage_config`` holds either ``url`` (any SQLAlchemy URL; libpq options such as ``sslmode`` go in its
+    query) or AiiDA-style keys (``database_engine``, ``database_hostname``, ``database_port``,
+    ``database_username``, ``database_password`` or ``database_password_file``, ``database_name``, and
+    ``database_options``: libpq keywords such as ``sslmode``, ``sslrootcert``, ``passfile``,
+    ``target_session_attrs``), plus optional ``engine_kwargs`` (pool settings) and ``read_only``. Without a
+    password libpq reads ``PGPASSFILE`` (default ``~/.pgpass``).
     """
 
     name: str
@@ -116,15 +120,43 @@ def _url_from_aiida_keys(name: str, config: Mapping[str, Any]) -> URL:
         port = int(port) if port not in (None, "") else None
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"Profile {name!r}: database_port must be an integer, got {port!r}.") from exc
+    options = config.get("database_options") or {}
+    if not isinstance(options, Mapping):
+        raise ConfigurationError(
+            f"Profile {name!r}: database_options must be a mapping of libpq keywords, e.g. {{\"sslmode\": \"require\"}}."
+        )
     # URL.create quotes the password and user name itself; a None host means the local socket.
     return URL.create(
         driver,
         username=config.get("database_username") or None,
-        password=config.get("database_password") or None,
+        password=config.get("database_password") or _password_from_file(name, config.get("database_password_file")),
         host=config.get("database_hostname") or None,
         port=port,
         database=str(database),
+        query={str(key): str(value) for key, value in options.items()},
     )
+
+
+def _password_from_file(name: str, path: Any) -> str | None:
+    """The password stored alone in ``path`` (its first line), or None without a path."""
+    if not path:
+        return None
+    try:
+        lines = Path(str(path)).expanduser().read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise ConfigurationError(
+            f"Profile {name!r}: cannot read database_password_file {str(path)!r} ({error.strerror}); "
+            "create it (owner-readable only) with the password on its first line."
+        ) from error
+    return lines[0] if lines else None
+
+
+def is_read_only(profile: ProfileLike) -> bool:
+    """Whether the profile's storage config says ``"read_only": true`` (every transaction is then read-only)."""
+    flag = (profile.storage_config or {}).get("read_only", False)
+    if not isinstance(flag, bool):
+        raise ConfigurationError(f"Profile {profile.name!r}: read_only must be true or false, got {flag!r}.")
+    return flag
 
 
 def engine_kwargs(profile: ProfileLike) -> dict[str, Any]:
@@ -166,4 +198,7 @@ def masked_storage_config(profile: ProfileLike) -> dict[str, Any]:
             pass  # not a URL: shown as stored, it holds no recognisable password
     if config.get("database_password"):
         config["database_password"] = "***"
+    options = config.get("database_options")
+    if isinstance(options, Mapping) and "password" in options:
+        config["database_options"] = {**options, "password": "***"}
     return config

@@ -1,4 +1,4 @@
-"""Reports over a storage: entity counts, database size, missing nodes and the ``storage info`` report.
+"""Reports over a storage: entity counts, database size, missing nodes, connections and ``storage info``.
 
 :class:`~aiida_sqla_plugin.queries.SqlaQueryManager` (the AiiDA 1.x face) gives the creation statistics.
 """
@@ -12,12 +12,13 @@ from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
 
 from .backend import SqlaBackend
+from .exceptions import ValidationError
 from .models import Base, DbComment, DbComputer, DbGroup, DbLink, DbLog, DbNode, DbUser
-from .profile import sqlite_path
+from .profile import describe_url, sqlite_path
 from .queries import SqlaQueryManager
 from .sql import id_select
 
-__all__ = ("COUNTED_ENTITIES", "count_entities", "database_size", "missing_nodes", "storage_info")
+__all__ = ("COUNTED_ENTITIES", "connections", "count_entities", "database_size", "missing_nodes", "storage_info")
 
 #: What ``storage info`` counts: name shown -> model.
 COUNTED_ENTITIES: dict[str, type[Base]] = {
@@ -58,6 +59,32 @@ def missing_nodes(engine: Engine, pks: Iterable[int]) -> set[int]:
     with engine.connect() as connection:
         found = connection.execute(select(DbNode.id).where(DbNode.id.in_(id_select(engine.dialect.name, wanted))))
         return wanted - {row[0] for row in found}
+
+
+_CONNECTIONS_SQL = text(
+    "SELECT application_name, pid, usename AS user, host(client_addr) AS client_address, state, "
+    "EXTRACT(EPOCH FROM now() - backend_start)::float AS age_seconds, "
+    "EXTRACT(EPOCH FROM now() - state_change)::float AS state_seconds "
+    "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+    "ORDER BY application_name, pid"
+)
+
+
+def connections(engine: Engine) -> list[dict[str, Any]]:
+    """Who is connected to the engine's PostgreSQL database (``pg_stat_activity``), this query's own one excluded.
+
+    One row per server connection: ``application_name`` (``aiida-sqla@host:pid`` for this package's processes),
+    server ``pid``, ``user``, ``client_address``, ``state`` (``None`` for other roles' sessions unless the user
+    may read all statistics), ``age_seconds`` since it connected, ``state_seconds`` in its state. Behind PgBouncer
+    these are the pooler's server connections. :class:`ValidationError` on SQLite, which has no server.
+    """
+    if engine.dialect.name != "postgresql":
+        raise ValidationError(
+            f"the {describe_url(engine.url)} has no server connections to list (each process opens the file "
+            "itself); 'storage connections' applies to PostgreSQL profiles"
+        )
+    with engine.connect() as connection:
+        return [dict(row._mapping) for row in connection.execute(_CONNECTIONS_SQL)]
 
 
 def storage_info(backend: SqlaBackend, query_manager: Any = None) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import select
+import socket
 import sqlite3
 import threading
 import time
@@ -27,7 +28,7 @@ from typing import Any
 from sqlalchemy import create_engine, event, exc
 from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext
 from sqlalchemy.orm import Session, SessionTransactionOrigin, scoped_session, sessionmaker
-from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePool
 
 from . import values
 from .exceptions import (
@@ -36,15 +37,19 @@ from .exceptions import (
     ConfigurationError,
     CorruptStorage,
     DatabaseNotFound,
+    PoolExhausted,
     ReadOnlyStorage,
     StorageFull,
     UnreachableStorage,
     error_line,
 )
-from .profile import ProfileLike, database_url, describe_url, engine_kwargs, sqlite_path
+from .profile import ProfileLike, database_url, describe_url, engine_kwargs, is_read_only, sqlite_path
 
 __all__ = (
+    "POSTGRESQL_POOL_DEFAULTS",
+    "WorkerPool",
     "after_fork_in_child",
+    "application_name",
     "check_connection",
     "dispose_engines",
     "get_current_profile",
@@ -69,6 +74,12 @@ _OWN_TABLES = "('alembic_version', 'db_dbsetting', 'db_dbnode', 'db_dbuser')"
 PRE_PING_IDLE_SECONDS = 5.0
 #: Execution option naming the SQLite ``BEGIN`` mode of a connection (``DEFERRED`` unless set).
 SQLITE_BEGIN_OPTION = "aiida_sqlite_begin"
+#: Pool settings of a PostgreSQL profile unless its ``engine_kwargs`` say otherwise: one process holds at most
+#: ``pool_size + max_overflow`` connections (the connection budget rule, docs/deployment.md), waits ``pool_timeout``
+#: seconds for a free one, and replaces a connection older than ``pool_recycle`` seconds (idle server timeouts).
+POSTGRESQL_POOL_DEFAULTS: dict[str, Any] = {"pool_size": 4, "max_overflow": 4, "pool_timeout": 30, "pool_recycle": 1800}
+#: PostgreSQL error code of a write in a read-only transaction.
+_READ_ONLY_SQLSTATE = "25006"
 #: Key in ``Session.info`` counting the :func:`transaction` blocks open on that session.
 _TRANSACTION_DEPTH = "aiida_sqla_transaction_depth"
 
@@ -98,6 +109,75 @@ def _new_registry(engine: Engine) -> scoped_session[Session]:
     factory = sessionmaker(bind=engine, expire_on_commit=True)
     values.install(factory)
     return scoped_session(factory)
+
+
+class WorkerPool(QueuePool):
+    """A :class:`QueuePool` whose exhaustion raises :class:`PoolExhausted` naming the limits and the settings."""
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        try:
+            return super()._do_get()
+        except exc.TimeoutError as error:
+            raise PoolExhausted(
+                f"all {self.size()} + {self._max_overflow} connections of this process's pool (pool_size + "
+                f"max_overflow) stayed in use for pool_timeout={self._timeout:g} s; close sessions and connections "
+                "sooner, run fewer threads per process, or raise pool_size/max_overflow in the profile's "
+                "storage_config engine_kwargs within the server's connection budget (docs/deployment.md)"
+            ) from error
+
+
+def application_name(prefix: str = "aiida-sqla") -> str:
+    """What a PostgreSQL connection of this process calls itself: ``prefix@host:pid`` (at most 63 bytes)."""
+    return f"{prefix}@{socket.gethostname()}:{os.getpid()}".encode()[-63:].decode(errors="ignore")
+
+
+def _name_connections(engine: Engine, prefix: str) -> None:
+    """Set ``application_name`` at every connect, so that a forked child's new connections carry its own pid."""
+
+    @event.listens_for(engine, "do_connect")
+    def _set_name(dialect: Any, record: ConnectionPoolEntry, cargs: Any, cparams: dict[str, Any]) -> None:
+        cparams["application_name"] = application_name(prefix)
+
+
+def _report_disconnects(engine: Engine, profile_name: str) -> None:
+    """A connection lost in use (server restart, terminated backend) raises :class:`UnreachableStorage`.
+
+    SQLAlchemy still invalidates the pool, so the next checkout opens a new connection.
+    """
+
+    @event.listens_for(engine, "handle_error")
+    def _on_disconnect(context: ExceptionContext) -> None:
+        # A failed connect (no connection yet) is the engine's general error hook's: it names the cause.
+        if context.connection is not None and context.is_disconnect:
+            raise UnreachableStorage(
+                f"Profile {profile_name!r}: the connection to the {describe_url(engine.url)} was lost "
+                f"({error_line(context.original_exception)}); the open transaction was rolled back and none of it was "
+                "written: run it again once the server answers."
+            ) from context.sqlalchemy_exception
+
+
+def _open_read_only(engine: Engine, profile_name: str) -> None:
+    """Every transaction read-only (PostgreSQL ``BEGIN READ ONLY``, SQLite ``mode=ro``); a write raises
+    :class:`ReadOnlyStorage`."""
+    if engine.dialect.name == "sqlite":
+        path = sqlite_path(engine.url)
+
+        @event.listens_for(engine, "do_connect")
+        def _read_only_uri(dialect: Any, record: ConnectionPoolEntry, cargs: Any, cparams: dict[str, Any]) -> None:
+            if path is not None:  # pysqlite connects with the file name as first argument
+                cargs[0] = f"{path.resolve().as_uri()}?mode=ro"
+                cparams["uri"] = True
+
+    @event.listens_for(engine, "handle_error")
+    def _on_write(context: ExceptionContext) -> None:
+        error = context.original_exception
+        if getattr(error, "pgcode", None) == _READ_ONLY_SQLSTATE or (
+            isinstance(error, sqlite3.OperationalError) and "readonly database" in str(error)
+        ):
+            raise ReadOnlyStorage(
+                f"Profile {profile_name!r} has \"read_only\": true in its storage config, so it cannot write "
+                f"({error_line(error)}); use a profile without that flag to change the storage."
+            ) from context.sqlalchemy_exception
 
 
 def _ping(engine: Engine, dbapi_connection: Any) -> None:
@@ -205,12 +285,20 @@ def _configure_sqlite(engine: Engine) -> None:
 def create_profile_engine(profile: ProfileLike) -> Engine:
     """Build (without connecting) the engine for a profile's database."""
     url = database_url(profile)
+    postgresql = url.get_backend_name() == "postgresql"
     kwargs: dict[str, Any] = {"json_serializer": json_dumps, "json_deserializer": json.loads}
-    if url.get_backend_name() == "postgresql":
+    if postgresql:
         kwargs["connect_args"] = {"connect_timeout": 10}
+        kwargs.update(POSTGRESQL_POOL_DEFAULTS)
+    if postgresql or sqlite_path(url) is not None:
+        kwargs["poolclass"] = WorkerPool
+    read_only = is_read_only(profile)
+    if read_only and postgresql:
+        kwargs["execution_options"] = {"postgresql_readonly": True}
     user_kwargs = engine_kwargs(profile)
     if "connect_args" in user_kwargs:
         kwargs["connect_args"] = {**kwargs.get("connect_args", {}), **user_kwargs.pop("connect_args")}
+    name_prefix = str(url.query.get("application_name") or kwargs.get("connect_args", {}).get("application_name") or "aiida-sqla")
     # Pre-ping is done by the fork guard, after its pid check; on by default for PostgreSQL.
     pre_ping = bool(user_kwargs.pop("pool_pre_ping", url.get_backend_name() == "postgresql"))
     kwargs.update(user_kwargs)
@@ -219,8 +307,13 @@ def create_profile_engine(profile: ProfileLike) -> Engine:
     except (TypeError, exc.ArgumentError) as error:
         raise ConfigurationError(f"Profile {profile.name!r}: invalid engine_kwargs ({error}).") from error
     _install_fork_guard(engine, pre_ping)
+    if postgresql:
+        _name_connections(engine, name_prefix)
+        _report_disconnects(engine, profile.name)
     if url.get_backend_name() == "sqlite":
         _configure_sqlite(engine)
+    if read_only:
+        _open_read_only(engine, profile.name)  # before the hook below: the flag, not the file, is the reason
 
     @event.listens_for(engine, "handle_error")
     def _on_error(context: ExceptionContext) -> None:

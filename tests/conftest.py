@@ -19,6 +19,7 @@ from aiida_sqla_plugin.backend import SqlaBackend
 from aiida_sqla_plugin.manager import SqlaBackendManager
 from aiida_sqla_plugin.models import DbUser
 from helpers import PG_ADMIN_URL, create_postgres_database, drop_postgres_database
+from pg_cluster import PgCluster, private_cluster
 
 DIALECTS = ("sqlite", "postgresql")
 _pg_unavailable_reason: str | None = None
@@ -61,6 +62,13 @@ def new_postgres_url() -> Iterator[URL]:
     finally:
         aiida_sqla_plugin.dispose_engines()
         drop_postgres_database(url)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """A private PostgreSQL cluster (password auth, small ``max_connections``) shared by the session's tests."""
+    with private_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture(params=DIALECTS)

@@ -6,7 +6,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from aiida_sqla_plugin import get_engine
+from aiida_sqla_plugin import session as session_module
 from aiida_sqla_plugin.backend import SqlaBackend
+from aiida_sqla_plugin.exceptions import UnreachableStorage
 
 from conftest import PG_ADMIN_URL
 
@@ -23,7 +25,9 @@ def terminate(pid: int) -> None:
 
 
 @pytest.mark.parametrize("dialect", ["postgresql"], indirect=True)
-def test_terminated_pooled_connection_is_replaced_by_the_pre_ping(backend: SqlaBackend) -> None:
+def test_terminated_pooled_connection_is_replaced_by_the_pre_ping(backend: SqlaBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only connections idle for longer than PRE_PING_IDLE_SECONDS are pinged; this one was returned just now.
+    monkeypatch.setattr(session_module, "PRE_PING_IDLE_SECONDS", 0.0)
     engine = get_engine()
     with engine.connect() as connection:
         dead_pid = connection.scalar(text("SELECT pg_backend_pid()"))
@@ -50,3 +54,14 @@ def test_without_pre_ping_the_dead_connection_would_reach_the_caller(backend: Sq
                 connection.execute(text("SELECT 1"))
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"], indirect=True)
+def test_connection_lost_in_use_raises_unreachable_storage_and_the_next_checkout_works(backend: SqlaBackend) -> None:
+    engine = get_engine()
+    with engine.connect() as connection:
+        terminate(connection.scalar(text("SELECT pg_backend_pid()")))
+        with pytest.raises(UnreachableStorage, match="was lost"):
+            connection.execute(text("SELECT 1"))
+    with engine.connect() as connection:  # the pool was invalidated: a new connection, no error
+        assert connection.scalar(text("SELECT 1")) == 1

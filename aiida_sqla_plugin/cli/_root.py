@@ -29,6 +29,7 @@ from ..exceptions import (
     DrawingTooLarge,
     ForeignDatabase,
     OptionConflict,
+    PoolExhausted,
     ReadOnlyStorage,
     SchemaAhead,
     SchemaBehind,
@@ -60,7 +61,8 @@ EXIT_CORRUPT = 10
 EXIT_FOREIGN = 11
 EXIT_READ_ONLY = 12
 EXIT_STORAGE_FULL = 13
-
+EXIT_POOL_EXHAUSTED = 14
+#: Exit codes of every command, as documented in ``--help`` and the README.
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success (storage version: the database schema matches the code)",
     EXIT_ERROR: "error: unknown profile, pk or setting, bad JSON value, refused confirmation, ...",
@@ -74,8 +76,9 @@ EXIT_CODES: dict[int, str] = {
     EXIT_NO_DATABASE: "the server answers but the profile's database does not exist",
     EXIT_CORRUPT: "the database is corrupt (not a database, truncated, tables without revision, wrong generation)",
     EXIT_FOREIGN: "the database belongs to another application (its tables, none of this plugin)",
-    EXIT_READ_ONLY: "the SQLite file or its directory is read-only",
+    EXIT_READ_ONLY: "the storage is read-only (the profile's \"read_only\" flag, or a read-only SQLite file or directory)",
     EXIT_STORAGE_FULL: "the disk holding the database is full (the failed write was rolled back)",
+    EXIT_POOL_EXHAUSTED: "no free connection in the process's pool within pool_timeout (raise pool_size/max_overflow)",
 }
 
 
@@ -241,6 +244,7 @@ class CliError(click.ClickException):
 
 #: Exception type -> exit code; the first entry the error is an instance of wins (most specific first).
 ERROR_EXIT_CODES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int], ...] = (
+    (PoolExhausted, EXIT_POOL_EXHAUSTED),
     (SchemaAhead, EXIT_AHEAD),
     (ForeignDatabase, EXIT_FOREIGN),
     (CorruptStorage, EXIT_CORRUPT),

@@ -41,14 +41,19 @@ def profile_group() -> None:
 @click.option("--port", type=int, help="PostgreSQL port (default 5432).")
 @click.option("--user", help="Database user.")
 @click.option("--password", help="Database password (stored in the config file, which only you can read).")
+@click.option("--password-file", type=click.Path(dir_okay=False),
+              help="File holding the password on its first line (read at each connection, not copied).")
 @click.option("--database", help="Database name (PostgreSQL) or file path (SQLite).")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="A libpq connection option such as sslmode=require (repeatable).")
+@click.option("--read-only", is_flag=True, help="Open every transaction read-only (analysis hosts, replicas).")
 @click.option("--backend", "storage_backend", default=BACKEND_NAME, show_default=True,
               help="Entry-point name of the storage backend.")
 @click.option("--default", "make_default", is_flag=True, help="Make it the default profile.")
 @common_options
 def profile_create(name: str, url: str | None, engine: str | None, host: str | None, port: int | None,
-                   user: str | None, password: str | None, database: str | None, storage_backend: str,
-                   make_default: bool) -> None:
+                   user: str | None, password: str | None, password_file: str | None, database: str | None,
+                   options: tuple[str, ...], read_only: bool, storage_backend: str, make_default: bool) -> None:
     """Create the profile NAME. Without --url or --engine it gets a SQLite file in the user data directory.
 
     The first profile becomes the default.
@@ -57,10 +62,16 @@ def profile_create(name: str, url: str | None, engine: str | None, host: str | N
     Example:
       aiida-sqla profile create work --url postgresql+psycopg2://aiida:secret@db.example.org:5432/aiida
       aiida-sqla profile create local            # SQLite file in the user data directory
+      aiida-sqla profile create hpc --engine postgresql --host db.example.org --user aiida \\
+          --password-file ~/.aiida-db-password --database aiida --option sslmode=verify-full
     """
     state = get_state()
+    pairs = [option.partition("=") for option in options]
+    if any(not key or not sep for key, sep, _ in pairs):
+        raise click.BadParameter("use KEY=VALUE, e.g. --option sslmode=require", param_hint="--option")
     profile = build_profile(name, url=url, engine=engine, host=host, port=port, user=user, password=password,
-                            database=click.format_filename(database) if database else None,
+                            password_file=password_file, database=click.format_filename(database) if database else None,
+                            options={key: value for key, _, value in pairs}, read_only=read_only,
                             storage_backend=storage_backend)
     location = describe_url(database_url(profile))
     state.config_file.add_profile(profile, make_default=make_default)

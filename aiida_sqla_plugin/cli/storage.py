@@ -82,7 +82,7 @@ def storage_version(as_json: bool) -> None:
 
     \b
     Exit codes: 0 compatible, 4 migration needed (also never initialised), 5 database ahead of the code, else
-    the code of the failure (3 unreachable, 7-13: see aiida-sqla --help).
+    the code of the failure (3 unreachable, 7-14: see aiida-sqla --help).
 
     \b
     Example:
@@ -163,6 +163,31 @@ def storage_info(plot_path: Path | None, as_json: bool) -> None:
     if statistics["ctime_by_day"]:
         days = sorted(statistics["ctime_by_day"])
         click.echo(f"created between {days[0]} and {days[-1]} (UTC days)")
+
+
+@storage_group.command("connections")
+@json_option
+@common_options
+def storage_connections(as_json: bool) -> None:
+    """List the server connections to the profile's PostgreSQL database: application name, pid, state, age.
+
+    Processes of this package name themselves aiida-sqla@HOST:PID, so the connection budget in use can be
+    counted per host and process (see docs/deployment.md).
+
+    \b
+    Example:
+      aiida-sqla -p work storage connections --json
+    """
+    rows = reports.connections(get_state().backend().engine)
+    if as_json:
+        emit_json(rows)
+        return
+    for row in rows:
+        click.echo(
+            f"{row['application_name'] or '-'}  pid {row['pid']}  {row['state'] or 'unknown'}  "
+            f"connected {row['age_seconds']:.0f} s ago  ({row['user']}@{row['client_address'] or 'socket'})"
+        )
+    click.echo(f"{len(rows)} other connection(s) to this database", err=True)
 
 
 @storage_group.command("reset")
