@@ -309,6 +309,10 @@ def test_repository_folders(tmp_path: Path) -> None:
         "a.txt": {"k": key_a}, "copy.txt": {"k": key_a}, "empty": {}, "sub": {"o": {"b.txt": {"k": key_b}}}}}
     # Each key once; the folder of a node that is not in the archive is not referenced.
     assert sorted(key for key, _ in source.objects()) == sorted([key_a, key_b])
+    source.close()
+    fresh = open_archive(tmp_path / "repo.aiida")  # objects() before nodes() hashes the files itself
+    assert {key: opener().read() for key, opener in fresh.objects()} == {key_a: b"a", key_b: b"b"}
+    fresh.close()
 
 
 def many_nodes(count: int, reverse_maps: bool = False) -> dict[str, Any]:

@@ -113,7 +113,10 @@ class LegacySource:
         self._minor = int(version.split(".")[1])
         self._archive = archive
         self._maps: dict[str, dict[str, str]] = {}
-        self._repository: tuple[dict[str, dict[str, Any]], dict[str, str]] | None = None
+        self._folders: dict[str, list[tuple[tuple[str, ...], zipfile.ZipInfo]]] | None = None
+        #: sha256 key -> one zip member holding it, for the nodes whose files are hashed already.
+        self._objects: dict[str, str] = {}
+        self._hashed: set[str] = set()
 
     def _older(self, minor: int) -> bool:
         """Whether the archive predates version ``0.<minor>`` (so that version's migration step applies)."""
@@ -194,7 +197,6 @@ class LegacySource:
         return iter(())
 
     def nodes(self) -> Iterator[NodeRecord]:
-        trees = self._repository_index()[0]
         attributes = _Lookahead(self._stream("node_attributes", pairs=True))
         extras = _Lookahead(self._stream("node_extras", pairs=True))
         converted = self._older(6)
@@ -226,7 +228,7 @@ class LegacySource:
                 mtime=_time(fields.get("mtime"), "node", node_uuid),
                 attributes=node_attributes,
                 extras=node_extras,
-                repository_metadata=_serialize(trees.get(node_uuid, {})),
+                repository_metadata=_serialize(self._tree(node_uuid)),
                 user_email=self._reference(fields.get("user"), "User"),
                 computer_uuid=self._reference(fields.get("dbcomputer"), "Computer"),
             )
@@ -306,36 +308,40 @@ class LegacySource:
     # -- repository ------------------------------------------------------------------------------------------
 
     def objects(self) -> Iterator[tuple[str, ObjectOpener]]:
-        trees, members = self._repository_index()
-        nodes = set(self._map("Node", "uuid").values())
-        keys = {key for node_uuid, tree in trees.items() if node_uuid in nodes for key in _keys(tree)}
-        for key in sorted(keys):
-            yield key, functools.partial(self._archive.open, members[key])
+        for node_uuid in self._map("Node", "uuid").values():
+            if node_uuid not in self._hashed:
+                self._tree(node_uuid)
+        for key, member in sorted(self._objects.items()):
+            yield key, functools.partial(self._archive.open, member)
 
-    def _repository_index(self) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-        """Node uuid -> folder tree (name -> sha256 key or subtree) and key -> zip member, hashed once."""
-        if self._repository is None:
-            trees: dict[str, dict[str, Any]] = {}
-            members: dict[str, str] = {}
+    def _node_folders(self) -> dict[str, list[tuple[tuple[str, ...], zipfile.ZipInfo]]]:
+        """Node uuid -> its repository entries (path inside the repository, zip entry), from the zip's directory."""
+        if self._folders is None:
+            self._folders = {}
             for info in self._archive.infolist():
                 parts = PurePosixPath(info.filename).parts
-                if len(parts) < 6 or parts[0] != "nodes" or parts[4] not in _REPOSITORY_FOLDERS:
-                    continue
-                node_uuid = _uuid("".join(parts[1:4]), "repository folder", info.filename)
-                folder = trees.setdefault(node_uuid, {})
-                *parents, name = parts[5:]
-                for part in parents:
-                    folder = _subfolder(folder, part, info.filename)
-                if info.is_dir():
-                    _subfolder(folder, name, info.filename)
-                    continue
-                key = self._hash(info.filename)
-                members.setdefault(key, info.filename)
-                if isinstance(folder.get(name), dict):
-                    raise InvalidArchiveEntry("repository file", info.filename, "has the name of a folder")
-                folder[name] = key
-            self._repository = (trees, members)
-        return self._repository
+                if len(parts) >= 6 and parts[0] == "nodes" and parts[4] in _REPOSITORY_FOLDERS:
+                    node_uuid = _uuid("".join(parts[1:4]), "repository folder", info.filename)
+                    self._folders.setdefault(node_uuid, []).append((parts[5:], info))
+        return self._folders
+
+    def _tree(self, node_uuid: str) -> dict[str, Any]:
+        """One node's folder tree (name -> sha256 key or subtree), its files hashed now (one node at a time)."""
+        tree: dict[str, Any] = {}
+        for path, info in self._node_folders().get(node_uuid, ()):
+            folder = tree
+            *parents, name = path
+            for part in parents:
+                folder = _subfolder(folder, part, info.filename)
+            if info.is_dir():
+                _subfolder(folder, name, info.filename)
+                continue
+            if isinstance(folder.get(name), dict):
+                raise InvalidArchiveEntry("repository file", info.filename, "has the name of a folder")
+            folder[name] = key = self._hash(info.filename)
+            self._objects.setdefault(key, info.filename)
+        self._hashed.add(node_uuid)
+        return tree
 
     def _hash(self, member: str) -> str:
         """The sha256 hex digest of one zip member, read in chunks."""
@@ -480,12 +486,3 @@ def _serialize(tree: dict[str, Any]) -> dict[str, Any]:
     if not tree:
         return {}
     return {"o": {name: {"k": child} if isinstance(child, str) else _serialize(child) for name, child in tree.items()}}
-
-
-def _keys(tree: dict[str, Any]) -> Iterator[str]:
-    """Every object key of a folder tree."""
-    for child in tree.values():
-        if isinstance(child, str):
-            yield child
-        else:
-            yield from _keys(child)
