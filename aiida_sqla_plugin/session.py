@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import sqlite3
 import threading
 import time
@@ -113,6 +114,18 @@ def _ping(engine: Engine, dbapi_connection: Any) -> None:
                 cursor.close()
 
 
+def _socket_readable(dbapi_connection: Any) -> bool:
+    """Whether an idle connection's socket holds unread data (a system call, no round trip); True if unknown."""
+    fileno = getattr(dbapi_connection, "fileno", None)
+    if fileno is None:  # SQLite and drivers without a socket: nothing to look at, ping as before
+        return True
+    try:
+        readable, _, _ = select.select([fileno()], [], [], 0)
+    except (OSError, ValueError, TypeError):
+        return True
+    return bool(readable)
+
+
 def _install_fork_guard(engine: Engine, pre_ping: bool) -> None:
     """Replace, rather than reuse, a pooled connection that was opened by another process.
 
@@ -138,9 +151,11 @@ def _install_fork_guard(engine: Engine, pre_ping: bool) -> None:
             raise exc.DisconnectionError("connection was opened by another process; opening a new one")
         fresh = record.info.pop("fresh", False)
         idle = time.monotonic() - record.info.get("idle_since", float("-inf"))
-        # A connection back in the pool for less than PRE_PING_IDLE_SECONDS is used as is: pinging it would double
-        # the round trips of every short call (a dropped connection still fails its statement and is replaced).
-        if pre_ping and not fresh and idle > PRE_PING_IDLE_SECONDS:
+        # Pinging every checkout would double the round trips of every short call. A connection back in the pool
+        # for less than PRE_PING_IDLE_SECONDS is pinged only when its socket has something to read: an idle
+        # connection is sent nothing unless the server ended it (its FATAL message and end of file) or has a
+        # notice; one that was idle longer is pinged anyway, since a dropped network sends nothing.
+        if pre_ping and not fresh and (idle > PRE_PING_IDLE_SECONDS or _socket_readable(dbapi_connection)):
             _ping(engine, dbapi_connection)
 
 
