@@ -292,6 +292,7 @@ def test_version_migrate_and_info(new_profile: CliProfile, dialect: str) -> None
     assert "nodes: 4" in text_info and "links: 5" in text_info
 
 
+@pytest.mark.slow
 def test_migrate_from_an_older_revision_shows_each_step(migrated: CliProfile) -> None:
     history = run_script("alembic", "history").stdout
     assert "main_0001" in history and "main_0002 (head)" in history
@@ -482,6 +483,7 @@ def test_closure_commands(migrated: CliProfile) -> None:
 # -- the installed script: output channels, errors, progress ---------------------------------------------
 
 
+@pytest.mark.slow
 def test_script_json_goes_to_stdout_alone_and_errors_are_one_line(database_url: URL) -> None:
     run_script("profile", "create", "s", "--url", url_string(database_url))
     result = run_script("storage", "version", "--json", code=4)
@@ -521,6 +523,7 @@ def _run_with_terminal_stderr(*args: str) -> tuple[int, str, str]:
         os.close(controller)
 
 
+@pytest.mark.slow
 def test_progress_bars_only_on_a_terminal_and_never_on_stdout(tmp_path: Path) -> None:
     run_script("profile", "create", "bar", "--url", f"sqlite:///{tmp_path / 'bar.sqlite'}")
     code, stdout, terminal = _run_with_terminal_stderr("storage", "migrate", "--force")

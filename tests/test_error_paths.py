@@ -74,6 +74,7 @@ def test_plugins_that_fail_to_load(fake_backends: Path) -> None:
     assert "hook specs" in one_error_line(invoke("-p", "misfit", "storage", "version", code=EXIT_CONFIGURATION).stderr)
 
 
+@pytest.mark.slow
 def test_a_plugin_bug_reaches_the_unexpected_error_branch(fake_backends: Path) -> None:
     plain = one_error_line(run_script("-p", "buggy", "storage", "version", code=EXIT_ERROR).stderr)
     assert plain == (

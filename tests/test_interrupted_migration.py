@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import create_engine, inspect, text
 
 import aiida_sqla_plugin
 from aiida_sqla_plugin import session as session_module
@@ -55,6 +55,26 @@ def wait_for_file(path: Path, migrator: Migrator) -> None:
         assert migrator.process.poll() is None, f"the migrator ended before {path.name}: {migrator.result.read_text()}"
         assert time.monotonic() < deadline, f"the migrator did not reach {path.name}"
         time.sleep(0.05)
+
+
+def wait_for_advisory_lock_waiter(profile: aiida_sqla_plugin.Profile, migrator: Migrator) -> None:
+    """PostgreSQL: wait until a session waits for the migration lock (pg_locks), i.e. ``migrator`` got there."""
+    deadline = time.monotonic() + CHILD_DEADLINE_S
+    query = text(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database = "
+        "(SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
+    engine = create_engine(profile.storage_config["url"])
+    try:
+        while True:
+            with engine.connect() as connection:
+                if connection.execute(query).scalar_one():
+                    return
+            assert migrator.process.poll() is None, "the second migrator ended instead of waiting"
+            assert time.monotonic() < deadline, "the second migrator never waited for the lock"
+            time.sleep(0.05)
+    finally:
+        engine.dispose()
 
 
 def schema(profile: aiida_sqla_plugin.Profile) -> tuple[str | None, set[str]]:
@@ -105,7 +125,7 @@ def test_killed_migration_keeps_completed_revisions_and_a_second_run_finishes(sh
 
 
 @pytest.mark.slow
-def test_two_migrators_one_gives_up_clearly_one_waits_and_the_schema_ends_at_head(shipped_head, tmp_path):
+def test_two_migrators_one_gives_up_clearly_one_waits_and_the_schema_ends_at_head(shipped_head, dialect, tmp_path):
     profile = shipped_head
     first = Migrator(profile, tmp_path, "first")
     try:
@@ -114,7 +134,10 @@ def test_two_migrators_one_gives_up_clearly_one_waits_and_the_schema_ends_at_hea
         assert impatient.startswith("error DatabaseMigrationError ")
         assert "another process" in impatient and "run the migration again" in impatient
         patient = Migrator(profile, tmp_path, "patient")
-        time.sleep(1)  # it must still be waiting for the first one's lock after this
+        if dialect == "postgresql":
+            wait_for_advisory_lock_waiter(profile, patient)
+        else:
+            time.sleep(1)  # SQLite shows no lock waiters: it must at least not have finished meanwhile
         assert patient.process.poll() is None and not patient.result.exists()
         (tmp_path / "release").touch()
         assert first.wait().startswith("ok ")

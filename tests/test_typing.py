@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_mypy_finds_no_error(tmp_path: Path) -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path), "aiida_sqla_plugin"],
