@@ -39,6 +39,8 @@ BATCH_SIZE = 10_000
 #: The type of the group an import creates for ``group_label`` (aiida-core's import group type).
 IMPORT_GROUP_TYPE = "core.import"
 ENTITIES = ("users", "computers", "authinfos", "nodes", "links", "groups", "group_nodes", "comments", "logs", "objects")
+#: UUIDs per lookup query (bound one by one, through the column's type: far below the drivers' limits).
+_UUIDS_PER_QUERY = 5_000
 _ROW = re.compile(r"^\w+ row (\d+): ")
 T = TypeVar("T")
 
@@ -150,23 +152,25 @@ class _Importer:
     def existing(self, column: Any, key: Any, values: Iterable[str | None], uuids: bool = True) -> dict[str, int]:
         """``value -> pk`` for the values (UUIDs, or plain strings) already in the database, in one query.
 
-        UUIDs go through the column's type (a bound list no longer than one batch); strings as one parameter.
+        UUIDs go through the column's type (bound lists of :data:`_UUIDS_PER_QUERY`); strings as one parameter.
         """
         given = sorted({value for value in values if value is not None})
         if not given:
             return {}
-        if uuids:
-            parsed = []
-            for value in given:
-                try:
-                    parsed.append(uuid_module.UUID(value))
-                except ValueError:
-                    continue  # not a UUID: cannot be stored either, the insert names it
-            condition = column.in_(parsed)
-        else:
-            condition = column.in_(string_select(self.dialect, given))
-        rows = self.connection.execute(select(column, key).where(condition))
-        return {str(value): int(pk) for value, pk in rows}
+        if not uuids:
+            rows = self.connection.execute(select(column, key).where(column.in_(string_select(self.dialect, given))))
+            return {str(value): int(pk) for value, pk in rows}
+        parsed = []
+        for value in given:
+            try:
+                parsed.append(uuid_module.UUID(value))
+            except ValueError:
+                continue  # not a UUID: cannot be stored either, the insert names it
+        found: dict[str, int] = {}
+        for start in range(0, len(parsed), _UUIDS_PER_QUERY):
+            chunk = parsed[start : start + _UUIDS_PER_QUERY]
+            found.update((str(value), int(pk)) for value, pk in self.connection.execute(select(column, key).where(column.in_(chunk))))
+        return found
 
     def node_pks(self, uuids: Iterable[str | None]) -> dict[str, int]:
         """pks of nodes in the archive or in the database, for the given UUIDs."""
