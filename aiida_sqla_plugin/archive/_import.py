@@ -28,7 +28,7 @@ from ..links import LINK_TYPES
 from ..models import DbAuthInfo, DbComment, DbComputer, DbGroup, DbGroupNode, DbLink, DbLog, DbNode, DbUser, table_of
 from ..objectstore import ObjectHashMismatch, object_store_for
 from ..progress import ProgressCallback, report
-from ..sql import id_select, string_select
+from ..sql import id_select, string_select, uuid_select
 from ._open import open_archive
 from ._source import ArchiveImportError, ArchiveSource, InvalidArchiveEntry, Repair
 
@@ -39,8 +39,6 @@ BATCH_SIZE = 10_000
 #: The type of the group an import creates for ``group_label`` (aiida-core's import group type).
 IMPORT_GROUP_TYPE = "core.import"
 ENTITIES = ("users", "computers", "authinfos", "nodes", "links", "groups", "group_nodes", "comments", "logs", "objects")
-#: UUIDs per lookup query (bound one by one, through the column's type: far below the drivers' limits).
-_UUIDS_PER_QUERY = 5_000
 _ROW = re.compile(r"^\w+ row (\d+): ")
 T = TypeVar("T")
 
@@ -152,7 +150,7 @@ class _Importer:
     def existing(self, column: Any, key: Any, values: Iterable[str | None], uuids: bool = True) -> dict[str, int]:
         """``value -> pk`` for the values (UUIDs, or plain strings) already in the database, in one query.
 
-        UUIDs go through the column's type (bound lists of :data:`_UUIDS_PER_QUERY`); strings as one parameter.
+        Either way the values are one bound parameter (:func:`sql.uuid_select`, :func:`sql.string_select`).
         """
         given = sorted({value for value in values if value is not None})
         if not given:
@@ -166,11 +164,10 @@ class _Importer:
                 parsed.append(uuid_module.UUID(value))
             except ValueError:
                 continue  # not a UUID: cannot be stored either, the insert names it
-        found: dict[str, int] = {}
-        for start in range(0, len(parsed), _UUIDS_PER_QUERY):
-            chunk = parsed[start : start + _UUIDS_PER_QUERY]
-            found.update((str(value), int(pk)) for value, pk in self.connection.execute(select(column, key).where(column.in_(chunk))))
-        return found
+        if not parsed:
+            return {}
+        rows = self.connection.execute(select(column, key).where(column.in_(uuid_select(self.dialect, parsed))))
+        return {str(value): int(pk) for value, pk in rows}
 
     def node_pks(self, uuids: Iterable[str | None]) -> dict[str, int]:
         """pks of nodes in the archive or in the database, for the given UUIDs."""
