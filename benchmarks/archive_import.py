@@ -1,6 +1,6 @@
 """Benchmark of archive import: export the synthetic graph as a main_0001 archive, import it on each dialect.
 
-    python benchmarks/archive_import.py --nodes 100000 --dialect both [--no-closure]
+    python benchmarks/archive_import.py --nodes 100000 --dialect both [--no-closure] [--aiida-python PYTHON]
 
 Each import runs in a child process of its own, so that its peak memory (``resource.getrusage``, max RSS) is the
 import's alone; the databases come from ``bench.fresh_backend`` (created and dropped). Prints one JSON object per
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=100_000)
     parser.add_argument("--dialect", choices=("sqlite", "postgresql", "both"), default="both")
     parser.add_argument("--no-closure", action="store_true", help="uninstall the closure triggers before importing")
+    parser.add_argument("--aiida-python", help="python of a venv with aiida-core 2.x: also time its import of the file")
     parser.add_argument("--child", nargs=2, metavar=("DIALECT", "ARCHIVE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -79,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
             result = json.loads(completed.stdout)
             result.update(archive_bytes=exported.size_bytes, export_seconds=round(exported.seconds, 2), machine=machine_facts())
             print(json.dumps(result), flush=True)
+        if args.aiida_python:
+            with tempfile.TemporaryDirectory(prefix="aiida-path-") as aiida_path:
+                completed = subprocess.run(
+                    [args.aiida_python, str(Path(__file__).with_name("aiida_core_import.py")), str(archive)],
+                    capture_output=True, text=True, check=True, env={**os.environ, "AIIDA_PATH": aiida_path},
+                )
+            print(completed.stdout.strip().splitlines()[-1], flush=True)
     return 0
 
 
