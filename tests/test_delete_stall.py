@@ -91,3 +91,74 @@ def test_link_writers_during_a_10000_node_deletion(backend: SqlaBackend, user: D
     if target:
         with open(target, "a") as file:
             file.write(figure + "\n")
+
+
+CLOSURE_WRITERS = 12
+CLOSURE_SECONDS = float(os.environ.get("AIIDA_SQLA_TEST_CLOSURE_SECONDS", "5"))
+#: Nodes per writer's chain: more than a writer links in CLOSURE_SECONDS here (~80/s without the closure).
+CHAIN_NODES = int(os.environ.get("AIIDA_SQLA_TEST_CLOSURE_CHAIN", "1500"))
+
+
+def links_per_second(backend: SqlaBackend, chains: list[list[int]]) -> tuple[list[int], float]:
+    """12 threads each extend a chain of 'create' links among their own nodes, one link per transaction."""
+    stop = threading.Event()
+    counts = [0] * len(chains)
+    errors: list[BaseException] = []
+
+    def write(index: int) -> None:
+        nodes = chains[index]
+        try:
+            while not stop.is_set() and counts[index] + 1 < len(nodes):
+                with backend.engine.begin() as connection:
+                    position = counts[index]
+                    connection.execute(insert(DbLink.__table__).values(
+                        input_id=nodes[position], output_id=nodes[position + 1], type="create", label=f"c{index}_{position}"))
+                counts[index] += 1
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=write, args=(index,)) for index in range(len(chains))]
+    began = time.monotonic()
+    for thread in threads:
+        thread.start()
+    stop.wait(CLOSURE_SECONDS)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    elapsed = time.monotonic() - began
+    assert errors == []
+    return counts, elapsed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dialect", ["postgresql"], indirect=True)
+def test_closure_lock_with_twelve_link_writers(backend: SqlaBackend, user: DbUser) -> None:
+    """Throughput of 12 concurrent link writers with and without the closure (its advisory lock serialises them)."""
+    from aiida_sqla_plugin.closure import install_tc  # noqa: PLC0415
+    from aiida_sqla_plugin.models import DbPath  # noqa: PLC0415
+
+    user_id = user_pk(backend)
+    with backend.engine.begin() as connection:
+        ids = insert_nodes(connection, node_rows(user_id, 2 * CLOSURE_WRITERS * CHAIN_NODES))
+    half = len(ids) // 2
+    plain_chains = [ids[index:half:CLOSURE_WRITERS] for index in range(CLOSURE_WRITERS)]
+    closed_chains = [ids[half + index::CLOSURE_WRITERS] for index in range(CLOSURE_WRITERS)]
+    plain_counts, plain_seconds = links_per_second(backend, plain_chains)
+    install_tc(backend.get_session())
+    backend.close()
+    closed_counts, closed_seconds = links_per_second(backend, closed_chains)
+    plain, closed = sum(plain_counts), sum(closed_counts)
+    with backend.engine.connect() as connection:
+        links = connection.scalar(select(func.count()).select_from(DbLink))
+        # a chain of k links has k (k + 1) / 2 ancestor pairs: the closure kept up with every committed link
+        pairs = connection.scalar(select(func.count()).select_from(DbPath).where(DbPath.parent_id != DbPath.child_id))
+    assert links == plain + closed
+    assert plain and closed
+    assert pairs == sum(k * (k + 1) // 2 for k in plain_counts + closed_counts)
+    figure = (f"{CLOSURE_WRITERS} link writers, {CLOSURE_SECONDS:g} s: {plain / plain_seconds:.0f} links/s without the "
+              f"closure, {closed / closed_seconds:.0f} links/s with it ({pairs} closure pairs)")
+    print(figure)
+    target = os.environ.get("AIIDA_SQLA_TEST_SCALE_REPORT")
+    if target:
+        with open(target, "a") as file:
+            file.write(figure + "\n")
