@@ -91,15 +91,40 @@ def _connection(backend: SqlaBackend | None, write: bool) -> Iterator[Connection
     """The connection of the backend session's transaction, under :func:`~aiida_sqla_plugin.session.transaction`.
 
     A write begins a new SQLite transaction IMMEDIATE: a deferred one that reads first could not take the write
-    lock later if another process wrote in between. A write on PostgreSQL locks ``db_dblink`` against other
-    writers (readers go on) until it commits, so no link can appear between the traversal and the deletion.
+    lock later if another process wrote in between. On PostgreSQL a write calls :func:`_lock_links` once it
+    knows what to delete.
     """
     with transaction(get_backend(backend).get_session(), write=write) as session:
         connection = session.connection()
-        if write and connection.dialect.name == "postgresql":
-            connection.exec_driver_sql(f"LOCK TABLE {DbLink.__tablename__} IN SHARE ROW EXCLUSIVE MODE")
         session.flush()  # the caller's pending ORM changes take part in the graph
         yield connection
+
+
+def _lock_links(connection: Connection) -> None:
+    """PostgreSQL: lock ``db_dblink`` against other writers (readers go on) until the transaction commits.
+
+    Taking it waits for the link writers in flight to commit; statements after it (READ COMMITTED) see their links,
+    and no other link can be committed until the deletion is. Link writers elsewhere in the graph wait for it too,
+    which is why a deletion traverses first without it and then only checks, under it, that the set is closed.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"LOCK TABLE {DbLink.__tablename__} IN SHARE ROW EXCLUSIVE MODE")
+
+
+def _locked_traversal(
+    connection: Connection, start: set[int], rules: Mapping[str, bool], progress: ProgressCallback | None
+) -> set[int]:
+    """The nodes to delete from ``start``, with ``db_dblink`` locked as :func:`_lock_links` for the rest of the
+    transaction.
+
+    The full traversal runs before the lock, so other writers wait only for one more traversal step over the set
+    found (which finds nothing new unless a link was committed meanwhile, and then follows it) and the deletion.
+    """
+    candidates = _traverse(connection, start, rules, progress)
+    _lock_links(connection)
+    if not candidates or connection.dialect.name != "postgresql":
+        return candidates  # SQLite: the IMMEDIATE transaction kept every other writer out all along
+    return _traverse(connection, candidates, rules, None)
 
 
 def _existing(
@@ -149,6 +174,7 @@ def delete_nodes_and_connections_sqla(pks_to_delete: Iterable[int], backend: Sql
     if not pks:
         return
     with _connection(backend, write=True) as connection:
+        _lock_links(connection)
         _delete_rows(connection, pks)
 
 
@@ -216,7 +242,7 @@ def _delete_from(
 
     if dry_run is False:
         with _connection(backend, write=True) as connection:
-            pks = _traverse(connection, start(connection, True), rules, progress)
+            pks = _locked_traversal(connection, start(connection, True), rules, progress)
             if pks:
                 report(progress, "delete", 0, len(pks))
                 _delete_rows(connection, pks)
@@ -232,7 +258,7 @@ def _delete_from(
 
     # Confirmed outside any transaction (a prompt may take long); check the graph did not change meanwhile.
     with _connection(backend, write=True) as connection:
-        again = _traverse(connection, start(connection, False), rules, None)
+        again = _locked_traversal(connection, start(connection, False), rules, None)
         if again != pks:
             raise ConcurrentGraphChange(
                 f"the nodes to delete changed while dry_run confirmed them ({len(pks)} then {len(again)}); "
