@@ -20,7 +20,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from sqlalchemy import Column, Table, literal_column, select, union_all
 from sqlalchemy.engine import Connection
@@ -29,6 +29,7 @@ from .. import __version__
 from ..backend import SqlaBackend, get_backend
 from ..exceptions import AiidaSqlaError, NotExistent, ValidationError
 from ..models import DbComment, DbComputer, DbGroup, DbGroupNode, DbLink, DbLog, DbNode, DbUser, table_of
+from ..objectstore import ObjectStore, object_store_for
 from ..progress import ProgressCallback, report
 from ..session import transaction
 from ..sql import id_select, string_select
@@ -421,29 +422,6 @@ class _ArchiveDatabase:
         self.connection.close()
 
 
-ObjectOpener = Callable[[str], "IO[bytes] | None"]
-
-
-def _object_opener(backend: SqlaBackend) -> ObjectOpener | None:
-    """A function opening an object of the backend's object store by key, or None when the store is unavailable."""
-    try:
-        import importlib  # noqa: PLC0415
-
-        objectstore: Any = importlib.import_module("aiida_sqla_plugin.objectstore")  # optional until it exists
-    except ImportError:
-        return None
-    store: Any = objectstore.object_store_for(backend.profile)
-
-    def open_object(key: str) -> IO[bytes] | None:
-        try:
-            if not store.has(key):
-                return None
-            handle: IO[bytes] = store.open(key)
-            return handle
-        except (FileNotFoundError, KeyError):
-            return None
-
-    return open_object
 
 
 def _write_tables(
@@ -545,7 +523,7 @@ def export_archive(
         raise ArchiveExportError(f"cannot write {target}: the directory {target.parent} does not exist; create it first")
     clock = time.perf_counter()
     backend = get_backend(backend)
-    opener = _object_opener(backend)
+    store = object_store_for(backend.profile)
     keys: set[str] = set()
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
     try:
@@ -560,7 +538,7 @@ def export_archive(
             database.close()
         counts = dict(database.counts)
         partial = work / "archive.zip"
-        objects = _write_zip(partial, work / DB_FILENAME, _metadata(counts, node_list, groups, all), keys, opener, progress)
+        objects = _write_zip(partial, work / DB_FILENAME, _metadata(counts, node_list, groups, all), keys, store, progress)
         os.replace(partial, target)
     except OSError as error:
         raise ArchiveExportError(f"cannot write the archive {target}: {error}") from error
@@ -577,7 +555,7 @@ def _write_zip(
     database: Path,
     metadata: dict[str, Any],
     keys: set[str],
-    opener: ObjectOpener | None,
+    store: ObjectStore,
     progress: ProgressCallback | None,
 ) -> int:
     """Write the zip: metadata first, then the database, then the objects; returns the objects written.
@@ -590,13 +568,13 @@ def _write_zip(
         archive.write(database, DB_FILENAME)
         archive.writestr(zipfile.ZipInfo(f"{REPO_FOLDER}/"), b"")
         for key in sorted(keys):
-            handle = opener(key) if opener is not None else None
-            if handle is None:
-                where = "is not in the profile's object store" if opener is not None else "cannot be read: this installation has no object store"
+            try:
+                handle = store.open(key)
+            except NotExistent:
                 raise ArchiveExportError(
-                    f"repository object {key} referenced by an exported node {where}; restore the object store "
-                    "or export nodes without files"
-                )
+                    f"repository object {key} referenced by an exported node is not in the profile's object store "
+                    f"{store.root}; restore the object store or export nodes without files"
+                ) from None
             with handle, archive.open(f"{REPO_FOLDER}/{key}", "w", force_zip64=True) as out:
                 shutil.copyfileobj(handle, out, 1 << 20)
             written += 1
