@@ -11,6 +11,7 @@ from sqlalchemy import Text, bindparam, cast, delete, inspect, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from . import session as session_module
 from .exceptions import NotExistent, ValidationError
@@ -51,7 +52,11 @@ def validate_setting_key(key: object) -> str:
 
 
 class SqlaSettingsManager:
-    """Read and write settings of one profile's database (default: the current profile)."""
+    """Read and write settings of one profile's database (default: the current profile).
+
+    Every call runs in the caller's transaction on the profile's thread session when there is one (a setting
+    written in a ``backend.transaction()`` block that fails is rolled back with it), else in its own.
+    """
 
     table_name = "db_dbsetting"
 
@@ -62,10 +67,14 @@ class SqlaSettingsManager:
     def engine(self) -> Engine:
         return session_module.get_engine(self._profile)
 
+    def _transaction(self, write: bool = False) -> contextlib.AbstractContextManager[Session]:
+        """The profile's thread session under the one transaction rule (joins the caller's transaction)."""
+        return session_module.transaction(session_module.get_session_factory(self._profile)(), write=write)
+
     def validate_table_existence(self) -> None:
         """Raise :class:`NotExistent` if the settings table does not exist (database not migrated)."""
-        with self.engine.connect() as connection:
-            if not inspect(connection).has_table(self.table_name):
+        with self._transaction() as session:
+            if not inspect(session.connection()).has_table(self.table_name):
                 raise NotExistent(
                     f"the table {self.table_name!r} does not exist: the database is not initialised; "
                     "run SqlaBackendManager.migrate() or 'aiida-sqla storage migrate'"
@@ -89,8 +98,8 @@ class SqlaSettingsManager:
         validate_setting_key(key)
         table = DbSetting.__table__
         statement = select(table.c.key, table.c.val, table.c.description, table.c.time).where(table.c.key == key)
-        with self._missing_table_explained(), self.engine.connect() as connection:
-            row = connection.execute(statement).one_or_none()
+        with self._missing_table_explained(), self._transaction() as session:
+            row = session.execute(statement).one_or_none()
         if row is None:
             raise NotExistent(f"no setting with key {key!r}")
         return Setting(row.key, row.val, row.description, row.time)
@@ -113,18 +122,16 @@ class SqlaSettingsManager:
         if description is not None:
             updates["description"] = statement.excluded.description
         statement = statement.on_conflict_do_update(index_elements=["key"], set_=updates)
-        with self._missing_table_explained():
-            with engine.connect().execution_options(**session_module.sqlite_write_options(engine.dialect.name)) as connection:
-                with connection.begin():
-                    connection.execute(statement)
+        with self._missing_table_explained(), self._transaction(write=True) as session:
+            session.execute(statement)
 
     def delete(self, key: str) -> None:
         """Remove ``key``; :class:`NotExistent` if there is no such setting."""
         validate_setting_key(key)
         self.validate_table_existence()
-        with self.engine.begin() as connection:
-            table = table_of(DbSetting)
-            result = connection.execute(delete(table).where(table.c.key == key))
+        table = table_of(DbSetting)
+        with self._transaction(write=True) as session:
+            result = session.execute(delete(table).where(table.c.key == key))
         if result.rowcount == 0:
             raise NotExistent(f"no setting with key {key!r}")
 

@@ -142,3 +142,21 @@ def test_sqlite_write_blocks_and_library_calls_do_not_meet_it(sqlite_backend, us
         session.scalar(select(func.count()).select_from(DbNode))
         session.add(DbNode(node_type="data.core.int.Int.", user_id=user_id))
     assert count_rows(backend, DbNode) == 4
+
+
+def test_settings_join_the_callers_block_and_roll_back_with_it(backend, user):
+    settings = backend.settings
+    settings.set("kept", 1)
+    with pytest.raises(Boom), backend.transaction(write=True):
+        backend.bulk_insert(DbNode, node_rows(user.id, 2))
+        settings.set("kept", 2)
+        settings.set("discarded", [1, 2])
+        assert settings.get("kept").value == 2  # the block sees its own writes
+        settings.delete("kept")
+        raise Boom
+    assert settings.get("kept").value == 1
+    assert count_rows(backend, DbSetting, DbSetting.key == "discarded") == 0
+    assert count_rows(backend, DbNode) == 0
+    with backend.transaction(write=True):
+        settings.set("committed", True)
+    assert count_rows(backend, DbSetting, DbSetting.key == "committed") == 1
