@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 
 from ..backend import SqlaBackend
 from ..bulk import insert_plain_rows
-from ..closure import CLOSURE_SETTING_KEY, install_tc, installed_link_types
+from ..closure import CLOSURE_SETTING_KEY, closure_bulk_load, install_tc, installed_link_types
 from ..exceptions import StorageNotEmpty, ValidationError
 from ..manager import SCHEMA_GENERATION_KEY, SqlaBackendManager
 from ..migration import migrate_if_needed
@@ -143,10 +143,11 @@ def _copy_closure(source: Connection, target: SqlaBackend, batch_size: int, prog
     paths = table_of(DbPath)
     total = _count(source, DbPath)
     done = 0
-    for rows in _batches(source, DbPath, batch_size):
-        insert_plain_rows(connection, paths, [tuple(row) for row in rows])
-        done += len(rows)
-        report(progress, "copy db_dbpath", done, total)
+    with closure_bulk_load(connection):
+        for rows in _batches(source, DbPath, batch_size):
+            insert_plain_rows(connection, paths, [tuple(row) for row in rows])
+            done += len(rows)
+            report(progress, "copy db_dbpath", done, total)
     install_tc(session, sorted(types), backfill=False)
     return done
 
