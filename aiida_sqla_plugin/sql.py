@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+import uuid as uuid_module
 from collections.abc import Iterable
 
-from sqlalchemy import ARRAY, BigInteger, String, bindparam, cast, func, select
+from sqlalchemy import ARRAY, BigInteger, String, Uuid, bindparam, cast, func, select
 from sqlalchemy.sql import Select
 
-__all__ = ("id_select", "string_select")
+__all__ = ("id_select", "string_select", "uuid_select")
 
 
 def id_select(dialect_name: str, ids: Iterable[int]) -> Select[int]:
@@ -33,3 +34,17 @@ def string_select(dialect_name: str, values: Iterable[str]) -> Select[str]:
         return select(rows.c.value.label("value"))
     rows = func.json_each(bindparam(None, json.dumps(items), type_=String)).table_valued("value")
     return select(rows.c.value.label("value"))
+
+
+def uuid_select(dialect_name: str, uuids: Iterable[uuid_module.UUID]) -> Select[str]:
+    """``SELECT uuid FROM <the given UUIDs>`` with one bound parameter, comparable with a ``Uuid`` column.
+
+    PostgreSQL gets one ``uuid[]``; SQLite, where the column holds 32 hex digits, one JSON text of them.
+    """
+    values = sorted({value.hex for value in uuids})
+    if dialect_name == "postgresql":
+        literal = "{" + ",".join(values) + "}"
+        rows = func.unnest(cast(bindparam(None, literal, type_=String), ARRAY(Uuid))).table_valued("uuid").render_derived()
+        return select(rows.c.uuid.label("uuid"))
+    rows = func.json_each(bindparam(None, json.dumps(values), type_=String)).table_valued("value")
+    return select(rows.c.value.label("uuid"))

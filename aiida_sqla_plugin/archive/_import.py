@@ -28,7 +28,7 @@ from ..links import LINK_TYPES
 from ..models import DbAuthInfo, DbComment, DbComputer, DbGroup, DbGroupNode, DbLink, DbLog, DbNode, DbUser, table_of
 from ..objectstore import ObjectHashMismatch, object_store_for
 from ..progress import ProgressCallback, report
-from ..sql import id_select, string_select
+from ..sql import id_select, string_select, uuid_select
 from ._open import open_archive
 from ._source import ArchiveImportError, ArchiveSource, InvalidArchiveEntry, Repair
 
@@ -150,22 +150,23 @@ class _Importer:
     def existing(self, column: Any, key: Any, values: Iterable[str | None], uuids: bool = True) -> dict[str, int]:
         """``value -> pk`` for the values (UUIDs, or plain strings) already in the database, in one query.
 
-        UUIDs go through the column's type (a bound list no longer than one batch); strings as one parameter.
+        Either way the values are one bound parameter (:func:`sql.uuid_select`, :func:`sql.string_select`).
         """
         given = sorted({value for value in values if value is not None})
         if not given:
             return {}
-        if uuids:
-            parsed = []
-            for value in given:
-                try:
-                    parsed.append(uuid_module.UUID(value))
-                except ValueError:
-                    continue  # not a UUID: cannot be stored either, the insert names it
-            condition = column.in_(parsed)
-        else:
-            condition = column.in_(string_select(self.dialect, given))
-        rows = self.connection.execute(select(column, key).where(condition))
+        if not uuids:
+            rows = self.connection.execute(select(column, key).where(column.in_(string_select(self.dialect, given))))
+            return {str(value): int(pk) for value, pk in rows}
+        parsed = []
+        for value in given:
+            try:
+                parsed.append(uuid_module.UUID(value))
+            except ValueError:
+                continue  # not a UUID: cannot be stored either, the insert names it
+        if not parsed:
+            return {}
+        rows = self.connection.execute(select(column, key).where(column.in_(uuid_select(self.dialect, parsed))))
         return {str(value): int(pk) for value, pk in rows}
 
     def node_pks(self, uuids: Iterable[str | None]) -> dict[str, int]:

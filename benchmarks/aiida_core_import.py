@@ -1,0 +1,51 @@
+"""aiida-core's side of the import benchmark: import one archive into a new ``core.sqlite_dos`` profile.
+
+    AIIDA_PATH=/tmp/somewhere /path/to/aiida-venv/bin/python benchmarks/aiida_core_import.py ARCHIVE
+
+Run with the python of a virtual environment holding aiida-core 2.x (not this package's). Prints one JSON object:
+the import's wall-clock seconds and the process's peak RSS (``VmHWM``).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _peak_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def main(archive: str) -> int:
+    from aiida import __version__, load_profile
+    from aiida.manage.configuration import create_profile, get_config
+    from aiida.orm import Node, QueryBuilder
+    from aiida.tools.archive import import_archive
+
+    folder = tempfile.mkdtemp(prefix="aiida-core-import-")
+    name = f"import-bench-{int(time.time())}"
+    create_profile(get_config(create=True), storage_backend="core.sqlite_dos", storage_config={"filepath": folder},
+                   broker_backend=None, name=name, email="bench@example.org", first_name="B", last_name="B", institution="")
+    try:
+        load_profile(name, allow_switch=True)
+        before = _peak_mb()
+        clock = time.perf_counter()
+        import_archive(archive)
+        seconds = time.perf_counter() - clock
+        print(json.dumps({
+            "tool": f"aiida-core {__version__} (core.sqlite_dos)", "import_seconds": round(seconds, 2),
+            "peak_rss_mb": _peak_mb(), "rss_before_import_mb": before, "nodes": QueryBuilder().append(Node).count(),
+        }), flush=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
