@@ -323,6 +323,8 @@ def test_cli_copy_then_refusal_then_merge(backend: SqlaBackend, target: aiida_sq
 
     assert "copied to 'server': 1 db_dbuser" in invoke("storage", "copy", "--to", "server")
     assert _counts(SqlaBackend(target)) == _counts(backend)
+    with pytest.raises(StorageNotEmpty):  # the library takes profile names from the config file too
+        copy_storage("laptop", "server")
     assert "is not empty" in invoke("storage", "copy", "--to", "server", code=1)
     merged = json.loads(invoke("-p", "laptop", "storage", "copy", "--to", "server", "--merge", "--json"))
     assert merged["merged"] is True and merged["merge"]["changed"] is False and merged["rows"]["db_dbnode"] == 0
