@@ -381,7 +381,15 @@ def _insert_many(
 
 
 def _copy_text(value: Any) -> str:
+    if type(value) is int:
+        return str(value)
     return _COPY_NULL if value is None else _copy_escape(str(value))
+
+
+def _copy_line(row: Sequence[Any]) -> str:
+    if all(type(value) is int for value in row):  # the common case (closure rows): no escaping, no nulls
+        return "\t".join(map(str, row))
+    return "\t".join(map(_copy_text, row))
 
 
 def insert_plain_rows(connection: Connection, table: Table, rows: Sequence[Sequence[Any]]) -> None:
@@ -394,7 +402,7 @@ def insert_plain_rows(connection: Connection, table: Table, rows: Sequence[Seque
         return
     columns = [column.name for column in table.columns]
     if connection.dialect.name == "postgresql":
-        lines = ["\t".join(map(_copy_text, row)) for row in rows]
+        lines = [_copy_line(row) for row in rows]
         _copy_lines(connection, table.name, columns, lines, None, f"store {table.name}")
     else:
         _insert_many(connection, table.name, columns, rows, None, f"store {table.name}")

@@ -17,9 +17,10 @@ statement per path length).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from sqlalchemy import column, delete, func, insert, select, table
@@ -38,6 +39,7 @@ __all__ = (
     "CLOSURE_SETTING_KEY",
     "CYCLE_MESSAGE",
     "ClosureStatus",
+    "closure_bulk_load",
     "closure_status",
     "delete_closed_nodes",
     "get_pg_tc",
@@ -464,7 +466,7 @@ def _backfill(connection: Connection, dialect: str, link_types: tuple[str, ...],
         report(progress, "closure", settled, total)
     if settled < total:
         raise ValidationError(f"{CYCLE_MESSAGE}: node {_node_on_cycle(connection)} reaches itself through links of types {list(link_types)}")
-    rows = _copy_into_closure(connection, dialect)
+    rows = _copy_into_closure(connection)
     if dialect == "sqlite":
         _execute_script(connection, [f"DROP TABLE temp.{name}" for name in _BACKFILL_TABLES])
     return rows
@@ -486,22 +488,31 @@ def _node_on_cycle(connection: Connection) -> int:
     return node
 
 
-def _copy_into_closure(connection: Connection, dialect: str) -> int:
-    """Copy the computed pairs into ``db_dbpath`` (rebuilding its indexes afterwards on PostgreSQL)."""
+@contextlib.contextmanager
+def closure_bulk_load(connection: Connection) -> Iterator[None]:
+    """A block that fills an empty ``db_dbpath`` in bulk: on PostgreSQL its key and indexes are dropped for the
+    block and rebuilt (then analysed) after it, which is far faster than maintaining them row by row."""
+    if connection.dialect.name != "postgresql":
+        yield
+        return
     paths = table_of(DbPath)
-    copy = "INSERT INTO db_dbpath (parent_id, child_id, path_count) SELECT src, dst, n FROM tc_closure ORDER BY src, dst"
-    if dialect != "postgresql":
-        return int(connection.exec_driver_sql(copy).rowcount or 0)
     # Plain DDL: SQLAlchemy's DropConstraint would also detach the key from the shared Table for later create_all.
     key = f'"{paths.primary_key.name}" PRIMARY KEY ({", ".join(column.name for column in paths.primary_key)})'
     for index in paths.indexes:
         index.drop(connection)
     connection.exec_driver_sql(f'ALTER TABLE db_dbpath DROP CONSTRAINT "{paths.primary_key.name}"')
-    rows = connection.exec_driver_sql(copy).rowcount
+    yield
     connection.exec_driver_sql(f"ALTER TABLE db_dbpath ADD CONSTRAINT {key}")
     for index in paths.indexes:
         index.create(connection)
     connection.exec_driver_sql("ANALYZE db_dbpath")
+
+
+def _copy_into_closure(connection: Connection) -> int:
+    """Copy the computed pairs into ``db_dbpath``."""
+    copy = "INSERT INTO db_dbpath (parent_id, child_id, path_count) SELECT src, dst, n FROM tc_closure ORDER BY src, dst"
+    with closure_bulk_load(connection):
+        rows = connection.exec_driver_sql(copy).rowcount
     return int(rows or 0)
 
 

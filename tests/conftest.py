@@ -91,10 +91,13 @@ def database_url(dialect: str, request: pytest.FixtureRequest, tmp_path) -> URL:
 def profile(database_url: URL, dialect: str, tmp_path) -> aiida_sqla_plugin.Profile:
     """A profile of the ``sqlalchemy`` backend pointing at the test's empty database.
 
-    Its object store is in the test's own folder: the PostgreSQL default (named after the profile, under the user
-    data directory) would be shared by every test, and ``maintain(full=True)`` empties a store of unreferenced objects.
+    On PostgreSQL its object store is in the test's own folder: the default (named after the profile, under the
+    data directory) would be shared by every test, and ``maintain(full=True)`` empties a store of unreferenced
+    objects. On SQLite the default, beside the database file, is the test's own already.
     """
-    storage_config = {"url": database_url.render_as_string(hide_password=False), "repository": str(tmp_path / "objects")}
+    storage_config = {"url": database_url.render_as_string(hide_password=False)}
+    if dialect == "postgresql":
+        storage_config["repository"] = str(tmp_path / "objects")
     return aiida_sqla_plugin.Profile(name=f"test-{dialect}", storage_backend="sqlalchemy", storage_config=storage_config)
 
 

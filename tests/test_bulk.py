@@ -230,3 +230,17 @@ def test_large_loads_are_analysed_on_postgresql(backend, user, dialect):
     with backend.engine.connect() as connection:
         estimate = connection.exec_driver_sql("SELECT reltuples FROM pg_class WHERE relname = 'db_dbnode'").scalar_one()
     assert estimate == bulk.ANALYZE_MIN_ROWS + 500
+
+
+def test_given_ids_are_kept_and_the_next_id_follows_them(backend: SqlaBackend, user):
+    assert bulk_insert(backend, DbNode, node_rows(user.id, 3), ids=[10, 20, 30]) == [10, 20, 30]
+    with backend.transaction() as session:
+        new = DbNode(node_type="data.core.int.Int.", user_id=user.id)
+        session.add(new)
+        session.flush()
+        assert new.id == 31
+    with pytest.raises(ValidationError, match="refused the rows"):
+        bulk_insert(backend, DbNode, node_rows(user.id, 2), ids=[40, 20])
+    with pytest.raises(ValidationError, match="got 1 ids for 2 rows"):
+        bulk_insert(backend, DbNode, node_rows(user.id, 2), ids=[50])
+    assert count_rows(backend, DbNode) == 4

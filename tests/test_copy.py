@@ -6,6 +6,9 @@ import hashlib
 import io
 import json
 import random
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -320,7 +323,38 @@ def test_cli_copy_then_refusal_then_merge(backend: SqlaBackend, target: aiida_sq
 
     assert "copied to 'server': 1 db_dbuser" in invoke("storage", "copy", "--to", "server")
     assert _counts(SqlaBackend(target)) == _counts(backend)
+    with pytest.raises(StorageNotEmpty):  # the library takes profile names from the config file too
+        copy_storage("laptop", "server")
     assert "is not empty" in invoke("storage", "copy", "--to", "server", code=1)
     merged = json.loads(invoke("-p", "laptop", "storage", "copy", "--to", "server", "--merge", "--json"))
     assert merged["merged"] is True and merged["merge"]["changed"] is False and merged["rows"]["db_dbnode"] == 0
     invoke("storage", "copy", code=2)  # --to is required
+
+
+_KILLED_COPY = """
+import json, os, signal, sys
+import aiida_sqla_plugin
+from aiida_sqla_plugin.archive import copy_storage
+source, target = (aiida_sqla_plugin.Profile(name, "sqlalchemy", config) for name, config in json.loads(sys.argv[1]))
+
+def progress(description, done, total):
+    if description == "copy db_dbpath":
+        os.kill(os.getpid(), signal.SIGKILL)  # the process dies half-way, its transaction open
+
+copy_storage(source, target, progress=progress)
+"""
+
+
+def test_a_killed_copy_leaves_the_target_unchanged(backend: SqlaBackend, target: aiida_sqla_plugin.Profile):
+    _populate(backend, 60)
+    SqlaBackendManager(target).migrate()
+    profiles = [[profile.name, dict(profile.storage_config)] for profile in (backend.profile, target)]
+    aiida_sqla_plugin.dispose_engines()
+    completed = subprocess.run([sys.executable, "-c", _KILLED_COPY, json.dumps(profiles)], capture_output=True, text=True,
+                               timeout=300, cwd=Path(__file__).parent)
+    assert completed.returncode == -signal.SIGKILL, completed.stderr[-2000:]
+    copied = SqlaBackend(target)
+    assert all(count == 0 for key, count in _counts(copied).items() if key != "db_dbsetting"), _counts(copied)
+    assert set(_settings(copied)) == {"schema_generation"}
+    copy_storage(backend.profile, target)  # and a new copy goes through
+    assert _counts(copied) == _counts(backend)

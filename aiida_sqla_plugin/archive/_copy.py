@@ -19,8 +19,9 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.engine import Connection
 
 from ..backend import SqlaBackend
+from ..config import ConfigFile
 from ..bulk import insert_plain_rows
-from ..closure import CLOSURE_SETTING_KEY, install_tc, installed_link_types
+from ..closure import CLOSURE_SETTING_KEY, closure_bulk_load, install_tc, installed_link_types
 from ..exceptions import StorageNotEmpty, ValidationError
 from ..manager import SCHEMA_GENERATION_KEY, SqlaBackendManager
 from ..migration import migrate_if_needed
@@ -143,10 +144,11 @@ def _copy_closure(source: Connection, target: SqlaBackend, batch_size: int, prog
     paths = table_of(DbPath)
     total = _count(source, DbPath)
     done = 0
-    for rows in _batches(source, DbPath, batch_size):
-        insert_plain_rows(connection, paths, [tuple(row) for row in rows])
-        done += len(rows)
-        report(progress, "copy db_dbpath", done, total)
+    with closure_bulk_load(connection):
+        for rows in _batches(source, DbPath, batch_size):
+            insert_plain_rows(connection, paths, [tuple(row) for row in rows])
+            done += len(rows)
+            report(progress, "copy db_dbpath", done, total)
     install_tc(session, sorted(types), backfill=False)
     return done
 
@@ -190,9 +192,13 @@ def _copy_objects(source: ProfileSource, store: ObjectStore, added: list[str], p
         report(progress, "copy objects", done, None)
 
 
+def _profile(profile: ProfileLike | str) -> ProfileLike:
+    return ConfigFile().get_profile(profile) if isinstance(profile, str) else profile
+
+
 def copy_storage(
-    source_profile: ProfileLike,
-    target_profile: ProfileLike,
+    source_profile: ProfileLike | str,
+    target_profile: ProfileLike | str,
     *,
     merge: bool = False,
     progress: ProgressCallback | None = None,
@@ -206,8 +212,9 @@ def copy_storage(
     UUID, users with an e-mail, already there are left alone; settings the target lacks are added; the closure is
     kept by the target's own triggers, if it has them). Everything is written in one target transaction, from one
     read snapshot of the source: on any error the target (database and object store) is left as it was.
-    ``batch_size`` bounds the rows held in memory.
+    ``batch_size`` bounds the rows held in memory. Profiles are given as objects or by their name in the config file.
     """
+    source_profile, target_profile = _profile(source_profile), _profile(target_profile)
     if database_url(source_profile) == database_url(target_profile):
         raise ValidationError(f"profiles {source_profile.name!r} and {target_profile.name!r} use the same database; copy to another one")
     if batch_size < 1:
