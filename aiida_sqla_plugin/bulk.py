@@ -441,7 +441,7 @@ def bulk_insert(
             store = _store_postgresql if is_postgresql else _store_sqlite
 
             def store_rows() -> list[int]:
-                return store(connection, plan, prepared, progress, description)  # type: ignore[arg-type]
+                return store(connection, plan, prepared, progress, description)
 
             if model is DbLink:
                 return insert_closed_links(connection, store_rows)
