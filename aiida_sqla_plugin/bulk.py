@@ -31,6 +31,7 @@ from sqlalchemy import JSON, Boolean, Integer, String, Table, exists, func, sele
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Dialect
 
+from .closure import insert_closed_links
 from .exceptions import ValidationError, error_line
 from .models import (
     Base,
@@ -506,9 +507,14 @@ def bulk_insert(
             session.flush()  # the caller's pending objects may be the targets of foreign keys
             connection = session.connection()
             _check_foreign_keys(connection, plan, foreign)
-            if is_postgresql:
-                return _store_postgresql(connection, plan, prepared, progress, description, ids)
-            return _store_sqlite(connection, plan, prepared, progress, description, ids)
+            store = _store_postgresql if is_postgresql else _store_sqlite
+
+            def store_rows() -> list[int]:
+                return store(connection, plan, prepared, progress, description, ids)
+
+            if model is DbLink:
+                return insert_closed_links(connection, store_rows)
+            return store_rows()
     except (sa_exc.IntegrityError, sa_exc.DataError) as error:
         raise ValidationError(f"{plan.table.name}: the database refused the rows: {error_line(error)}") from error
     except Exception as error:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, literal_column, select
+from sqlalchemy import Date, cast, func, literal_column, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from .models import DbNode
@@ -25,7 +25,8 @@ class SqlaQueryManager:
         # SQLite stores times as UTC text ('YYYY-MM-DD HH:MM:SS...'), so the first ten characters are the day.
         if dialect_name == "sqlite":
             return func.substr(DbNode.ctime, 1, 10)
-        return func.to_char(func.timezone(literal_column("'UTC'"), DbNode.ctime), "YYYY-MM-DD")
+        # PostgreSQL: the UTC date (str() of a date is 'YYYY-MM-DD'); casting is far cheaper per row than to_char.
+        return cast(func.timezone(literal_column("'UTC'"), DbNode.ctime), Date)
 
     def get_creation_statistics(self, user_pk: int | None = None) -> dict[str, Any]:
         """Count nodes: ``{"total": n, "types": {node_type: n}, "ctime_by_day": {"YYYY-MM-DD": n},

@@ -499,6 +499,45 @@ def peer_run(dialect: str, nodes: int, seed: int, repeat: int) -> dict[str, Any]
     return result
 
 
+def closure_links_run(dialect: str, nodes: int, seed: int) -> dict[str, Any]:
+    """Store the shared graph's links in two batches (90%, then the last 10%) three ways, same run: without the
+    closure, with it through ``bulk_insert`` (set-based waves) and with it through a plain Core insert (the
+    per-link triggers); checks the set-based closure against a recompute."""
+    peer = _peer_module()
+    graph = peer.make_graph(nodes, seed)
+    result: dict[str, Any] = {"benchmark": "closure_links", "dialect": dialect, "nodes": nodes, "seed": seed, "links": len(graph["links"])}
+    for way in ("without", "set_based", "triggers"):
+        with fresh_backend(dialect, "bench-links") as backend:
+            if way != "without":
+                install_tc(backend.get_session())
+                backend.close()
+            (user,) = bulk_insert(backend, DbUser, [{"email": "peer@example.org"}])
+            ids = bulk_insert(backend, DbNode, peer.aiida_node_rows(graph, user))
+            links = [{"input_id": ids[s], "output_id": ids[d], "label": label, "type": kind} for s, d, label, kind in graph["links"]]
+            cut = len(links) * 9 // 10
+
+            def store(batch: list[dict[str, Any]]) -> None:
+                if way == "triggers":
+                    with backend.engine.begin() as connection:
+                        connection.execute(DbLink.__table__.insert(), batch)
+                else:
+                    bulk_insert(backend, DbLink, batch)
+
+            first, _ = timed(lambda: store(links[:cut]))
+            last, _ = timed(lambda: store(links[cut:]))
+            result[way] = {"first_90_percent_seconds": _round(first), "last_10_percent_seconds": _round(last)}
+            if way == "set_based":
+                result["closure_matches_recompute"] = _closure_matches_recompute(backend)
+                with backend.engine.connect() as connection:
+                    result["closure_pairs"] = connection.exec_driver_sql("SELECT count(*) FROM db_dbpath").scalar_one()
+    for part in ("first_90_percent_seconds", "last_10_percent_seconds"):
+        result[f"ratio_{part.removesuffix('_seconds')}"] = {
+            "set_based_to_without": round(result["set_based"][part] / result["without"][part], 2),
+            "set_based_to_triggers": round(result["set_based"][part] / result["triggers"][part], 2),
+        }
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=100_000, help="nodes of the synthetic graph (default 100000)")
@@ -508,6 +547,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orm-nodes", type=int, default=ORM_BASELINE_NODES, help="nodes for the ORM baseline (0: skip)")
     parser.add_argument("--statistics-only", action="store_true", help="store nodes only and time the statistics")
     parser.add_argument(
+        "--closure-links", action="store_true",
+        help="with --graph peer: store the links with the closure set-based, through the triggers and without it",
+    )
+    parser.add_argument(
         "--graph", choices=("synthetic", "peer"), default="synthetic",
         help="peer: the shared comparison graph of ../shared/bench/ (seed 42 unless --seed is given)",
     )
@@ -515,7 +558,9 @@ def main(argv: list[str] | None = None) -> int:
     dialects = ("sqlite", "postgresql") if args.dialect == "both" else (args.dialect,)
     machine = machine_facts()
     for dialect in dialects:
-        if args.graph == "peer":
+        if args.graph == "peer" and args.closure_links:
+            result = closure_links_run(dialect, args.nodes, 42 if args.seed == 0 else args.seed)
+        elif args.graph == "peer":
             result = peer_run(dialect, args.nodes, 42 if args.seed == 0 else args.seed, args.repeat)
         elif args.statistics_only:
             result = statistics_run(dialect, args.nodes, args.seed, args.repeat)
