@@ -56,11 +56,6 @@ CLOSURE_SETTING_KEY = "closure_link_types"
 CYCLE_MESSAGE = "provenance links must be acyclic"
 #: PostgreSQL: a statement changing many (input, output) pairs analyses the closure after every so many of them.
 ANALYZE_EVERY_PAIRS = 2000
-#: PostgreSQL: while this transaction-local setting is 'on', the insert trigger leaves the new links to
-#: :func:`insert_closed_links`, which adds them set-based.
-BATCH_SETTING = "aiida_sqla.closure_batch"
-#: PostgreSQL: a batch of links re-analyses the closure once it has written at least this many pairs (and half the table).
-ANALYZE_MIN_PAIRS = 5000
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _PG_MAX_IDENTIFIER = 63
@@ -198,13 +193,13 @@ $tc$;"""
             f'WHERE "type" IN ({covered})'
         )
 
-    def statement_function(suffix: str, check: str, deltas: str, shortcut: str = "", skip: str = "false") -> str:
+    def statement_function(suffix: str, check: str, deltas: str, shortcut: str = "") -> str:
         return f"""CREATE OR REPLACE FUNCTION {n.obj(suffix)}() RETURNS trigger LANGUAGE plpgsql AS $tc$
 DECLARE
     link record;
     done bigint := 0;
 BEGIN
-    IF {skip} OR NOT EXISTS ({check}) THEN
+    IF NOT EXISTS ({check}) THEN
         RETURN NULL;
     END IF;
     IF current_setting('transaction_isolation') = 'repeatable read' THEN
@@ -240,7 +235,6 @@ $tc$;"""
         "after_insert",
         covered_rows("tc_new", 1),
         grouped.format(rows=covered_rows("tc_new", 1)) + " ORDER BY src, dst",
-        skip=f"coalesce(current_setting('{BATCH_SETTING}', true), '') = 'on'",
     )
     on_delete = statement_function(
         "after_delete",
@@ -629,8 +623,8 @@ def delete_closed_nodes(connection: Connection, pks: set[int], delete_rows: Call
 _BATCH_TABLES = ("tc_batch", "tc_bdep", "tc_bwait", "tc_bready", "tc_bnext", "tc_bwave")
 
 
-def _add_batch(connection: Connection, dialect: str, link_types: frozenset[str], link_ids: Iterable[int]) -> None:
-    """Add the stored links ``link_ids`` (not yet in the closure) to an exact closure, set-based.
+def _add_batch(connection: Connection, link_types: frozenset[str], link_ids: Iterable[int]) -> None:
+    """Add the stored links ``link_ids`` (not yet in the closure) to an exact SQLite closure, set-based.
 
     The batch's covered (input, output) pairs are grouped; a source ``u`` must wait for every batch source ``u'``
     with a batch link ``u' -> v'`` where ``v'`` is ``u`` or reaches it in the closure before the batch. Sources
@@ -638,18 +632,17 @@ def _add_batch(connection: Connection, dialect: str, link_types: frozenset[str],
     wave adds ``n * cnt(a -> u) * cnt(v -> d)`` for all its links, summed per pair, and the pairs it reads are
     never among those it changes. Sources left unsettled wait on a cycle.
     """
-    on_commit = " ON COMMIT DROP" if dialect == "postgresql" else ""
-    schema = "temp" if dialect == "sqlite" else "pg_temp"
-    _execute_script(connection, [f"DROP TABLE IF EXISTS {schema}.{name}" for name in _BATCH_TABLES])
+    dialect = "sqlite"
+    _execute_script(connection, [f"DROP TABLE IF EXISTS temp.{name}" for name in _BATCH_TABLES])
     _execute_script(
         connection,
         [
-            f"CREATE TEMPORARY TABLE tc_batch (src bigint NOT NULL, dst bigint NOT NULL, n bigint NOT NULL){on_commit}",
-            f"CREATE TEMPORARY TABLE tc_bdep (prior bigint NOT NULL, later bigint NOT NULL){on_commit}",
-            f"CREATE TEMPORARY TABLE tc_bwait (node bigint PRIMARY KEY, waiting bigint NOT NULL){on_commit}",
-            f"CREATE TEMPORARY TABLE tc_bready (node bigint PRIMARY KEY){on_commit}",
-            f"CREATE TEMPORARY TABLE tc_bnext (node bigint PRIMARY KEY){on_commit}",
-            f"CREATE TEMPORARY TABLE tc_bwave (src bigint NOT NULL, dst bigint NOT NULL, n bigint NOT NULL){on_commit}",
+            f"CREATE TEMPORARY TABLE tc_batch (src bigint NOT NULL, dst bigint NOT NULL, n bigint NOT NULL)",
+            f"CREATE TEMPORARY TABLE tc_bdep (prior bigint NOT NULL, later bigint NOT NULL)",
+            f"CREATE TEMPORARY TABLE tc_bwait (node bigint PRIMARY KEY, waiting bigint NOT NULL)",
+            f"CREATE TEMPORARY TABLE tc_bready (node bigint PRIMARY KEY)",
+            f"CREATE TEMPORARY TABLE tc_bnext (node bigint PRIMARY KEY)",
+            f"CREATE TEMPORARY TABLE tc_bwave (src bigint NOT NULL, dst bigint NOT NULL, n bigint NOT NULL)",
         ],
     )
     links = table_of(DbLink)
@@ -663,13 +656,11 @@ def _add_batch(connection: Connection, dialect: str, link_types: frozenset[str],
         )
     ).rowcount
     if inserted:
-        analyze = ["ANALYZE tc_bready"] if dialect == "postgresql" else []
         _execute_script(
             connection,
             [
                 "CREATE INDEX tc_batch_src ON tc_batch (src)",
                 "CREATE INDEX tc_batch_dst ON tc_batch (dst)",
-                *(["ANALYZE tc_batch"] if dialect == "postgresql" else []),
                 # u' -> u: a batch link u' -> v' whose output is u or (before the batch) an ancestor of u
                 "INSERT INTO tc_bdep (prior, later) SELECT DISTINCT b.src, s.src FROM tc_batch b"
                 " JOIN (SELECT DISTINCT src FROM tc_batch) s ON s.src = b.dst"
@@ -680,11 +671,10 @@ def _add_batch(connection: Connection, dialect: str, link_types: frozenset[str],
                 "INSERT INTO tc_bwait (node, waiting) SELECT s.src, (SELECT count(*) FROM tc_bdep d WHERE d.later = s.src)"
                 " FROM (SELECT DISTINCT src FROM tc_batch) s",
                 "INSERT INTO tc_bready (node) SELECT node FROM tc_bwait WHERE waiting = 0",
-                *analyze,
             ],
         )
         # (ancestor-or-self of u) x (descendant-or-self of v) for every wave link u -> v (in tc_bwave); CROSS JOIN
-        # fixes SQLite's join order (the wave first, then the indexes), PostgreSQL plans it as an inner join.
+        # fixes SQLite's join order (the wave first, then the indexes).
         paths = " UNION ALL ".join(
             [
                 "SELECT b.src AS a, b.dst AS d, b.n AS c FROM tc_bwave b",
@@ -708,58 +698,34 @@ def _add_batch(connection: Connection, dialect: str, link_types: frozenset[str],
             " FROM tc_bready r CROSS JOIN tc_bdep d WHERE d.prior = r.node GROUP BY d.later) AS x WHERE tc_bwait.node = x.later",
             "DELETE FROM tc_bready",
             "INSERT INTO tc_bready (node) SELECT w.node FROM tc_bwait w JOIN tc_bnext x ON x.node = w.node WHERE w.waiting = 0",
-            *analyze,
         ]
-        # PostgreSQL: the closure's statistics are refreshed whenever it has grown by half since the last time
-        # (a closure grown from almost nothing in this transaction would otherwise be planned as empty).
-        known = _pg_estimate(connection, "db_dbpath") if dialect == "postgresql" else 0
-        written = 0
         fill_wave = "INSERT INTO tc_bwave (src, dst, n) SELECT b.src, b.dst, b.n FROM tc_bready r CROSS JOIN tc_batch b WHERE b.src = r.node"
         while connection.exec_driver_sql(fill_wave).rowcount:
-            if dialect == "postgresql":
-                connection.exec_driver_sql("ANALYZE tc_bwave")  # a few rows: an index probe per wave link
-            written += connection.exec_driver_sql(wave).rowcount
-            if dialect == "postgresql" and written > max(ANALYZE_MIN_PAIRS, known // 2):
-                connection.exec_driver_sql("ANALYZE db_dbpath")
-                known, written = known + written, 0
+            connection.exec_driver_sql(wave)
             _execute_script(connection, round_statements)
         stuck = connection.exec_driver_sql("SELECT min(node) FROM tc_bwait").scalar_one()
         if stuck is not None:
             raise ValidationError(f"{CYCLE_MESSAGE}: these links would close a cycle through node {stuck}")
-    if dialect == "sqlite":
-        _execute_script(connection, [f"DROP TABLE temp.{name}" for name in _BATCH_TABLES])
-
-
-def _pg_estimate(connection: Connection, table_name: str) -> int:
-    """The planner's row estimate of a table (0 before its first analysis)."""
-    estimate = connection.exec_driver_sql(f"SELECT reltuples FROM pg_class WHERE oid = '{table_name}'::regclass").scalar_one()
-    return max(int(estimate), 0)
+    _execute_script(connection, [f"DROP TABLE temp.{name}" for name in _BATCH_TABLES])
 
 
 def insert_closed_links(connection: Connection, insert_rows: Callable[[], list[int]]) -> list[int]:
-    """Run ``insert_rows`` (storing links, returning their ids) and add them to the closure in one set-based pass.
+    """Run ``insert_rows`` (storing links, returning their ids) and add them to the closure, in the caller's
+    transaction; raises :class:`ValidationError` when the links close a cycle.
 
-    The per-link triggers are switched off for this insertion (PostgreSQL: a transaction-local setting the
-    insert trigger obeys, as ``ALTER TABLE`` would fail on the pending foreign-key checks; SQLite: the row triggers
-    are dropped and re-created, transactionally) and :func:`_add_batch` adds the batch in topological waves. Without an installed closure it just runs
-    ``insert_rows``. Runs in the caller's transaction; raises :class:`ValidationError` when the links close a cycle.
+    PostgreSQL's triggers are per statement over the transition table already, so there the insert is all it
+    takes. SQLite's are per row: its row triggers are dropped for this insertion and re-created (transactionally),
+    and :func:`_add_batch` adds the whole batch in topological waves. Without an installed closure it just runs
+    ``insert_rows``.
     """
     types = installed_link_types(connection)
-    if types is None:
+    if types is None or connection.dialect.name == "postgresql":
         return insert_rows()
-    dialect = connection.dialect.name
     names = _default_names()
-    if dialect == "postgresql":
-        # The closure lock, held to the commit, serialises this batch with every other writer of covered links.
-        _lock(connection, dialect, names)
-        connection.exec_driver_sql(f"SELECT set_config('{BATCH_SETTING}', 'on', true)")
-        ids = insert_rows()
-        connection.exec_driver_sql(f"SELECT set_config('{BATCH_SETTING}', '', true)")
-    else:
-        _execute_script(connection, _sqlite_drop_statements(names))
-        ids = insert_rows()
-        _execute_script(connection, _sqlite_statements(names, tuple(sorted(types))))
-    _add_batch(connection, dialect, types, ids)
+    _execute_script(connection, _sqlite_drop_statements(names))
+    ids = insert_rows()
+    _execute_script(connection, _sqlite_statements(names, tuple(sorted(types))))
+    _add_batch(connection, types, ids)
     return ids
 
 

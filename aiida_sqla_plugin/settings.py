@@ -131,7 +131,7 @@ class SqlaSettingsManager:
         self.validate_table_existence()
         table = table_of(DbSetting)
         with self._transaction(write=True) as session:
-            result = session.execute(delete(table).where(table.c.key == key))
+            result = session.connection().execute(delete(table).where(table.c.key == key))
         if result.rowcount == 0:
             raise NotExistent(f"no setting with key {key!r}")
 
