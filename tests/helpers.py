@@ -19,6 +19,18 @@ from aiida_sqla_plugin.backend import SqlaBackend
 from aiida_sqla_plugin.manager import SqlaBackendManager
 from aiida_sqla_plugin.models import DbLink, DbNode, DbUser
 
+def _shared_archives() -> Path:
+    """The folder of real AiiDA archives (test data, not part of the product): ``$AIIDA_SQLA_TEST_ARCHIVES``, else
+    ``shared/aiida-archives`` beside the checkout, else the workplace's ``/work/shared/aiida-archives``."""
+    if os.environ.get("AIIDA_SQLA_TEST_ARCHIVES"):
+        return Path(os.environ["AIIDA_SQLA_TEST_ARCHIVES"])
+    candidates = (Path(__file__).resolve().parents[2] / "shared" / "aiida-archives", Path("/work/shared/aiida-archives"))
+    return next((path for path in candidates if path.is_dir()), candidates[0])
+
+
+#: Where the tests read the shared AiiDA archives; tests that need them skip, naming this path, when it is absent.
+SHARED_ARCHIVES = _shared_archives()
+
 PG_ADMIN_URL = make_url(os.environ.get("AIIDA_SQLA_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"))
 #: ``(input_id, output_id, link type)``
 Edge = tuple[int, int, str]

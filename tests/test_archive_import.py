@@ -39,9 +39,9 @@ from aiida_sqla_plugin.models import (
 )
 from aiida_sqla_plugin.objectstore import object_store_for
 from aiida_sqla_plugin.synthetic import build_graph
-from helpers import create_postgres_database, drop_postgres_database
+from helpers import SHARED_ARCHIVES, create_postgres_database, drop_postgres_database
 
-ARCHIVES = Path(__file__).parents[2] / "shared" / "aiida-archives"
+ARCHIVES = SHARED_ARCHIVES
 ZIP_ARCHIVES = ("export_main_0000_simple.aiida", "export_main_0001_simple.aiida", "arithmetic.add.aiida")
 MODELS = (DbUser, DbComputer, DbAuthInfo, DbNode, DbLink, DbGroup, DbGroupNode, DbComment, DbLog)
 

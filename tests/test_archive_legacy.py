@@ -23,10 +23,12 @@ from aiida_sqla_plugin.backend import SqlaBackend
 from aiida_sqla_plugin.links import LINK_TYPES
 from aiida_sqla_plugin.models import DbGroup, DbGroupNode, DbLink, DbNode, DbUser
 from aiida_sqla_plugin.objectstore import object_store_for
+from helpers import SHARED_ARCHIVES
 from test_archive_export import aiida_python  # noqa: F401 (the fixture)
 from test_archive_import import _counts, target  # noqa: F401 (the fixture)
 
-ARCHIVES = Path(__file__).parents[2] / "shared" / "aiida-archives"
+ARCHIVES = SHARED_ARCHIVES
+needs_archives = pytest.mark.skipif(not ARCHIVES.is_dir(), reason=f"the shared AiiDA archives are not at {ARCHIVES}")
 CHECK_SCRIPT = Path(__file__).with_name("aiida_legacy_check.py")
 SIMPLE = [f"export_{version}_simple.aiida" for version in ("0.4", "0.9", "0.10", "0.11", "0.12", "0.13")]
 LEGACY = [*SIMPLE, "0.10_dangling_link.aiida", "0.10_null_fields.aiida", "0.10_unknown_nodes_in_group.aiida"]
@@ -79,6 +81,7 @@ def test_counts(records: dict[str, dict[str, list[Any]]], name: str) -> None:
     assert got["comments"] == got["logs"] == got["authinfos"] == []
 
 
+@needs_archives
 @pytest.mark.parametrize("name", LEGACY)
 def test_counts_match_data_json(name: str) -> None:
     """The expected counts are what data.json lists (read whole here: the samples are small)."""
@@ -390,6 +393,7 @@ def test_same_translation_as_aiida_core(
 # ------------------------------------------------------------------------------- imported into both dialects
 
 
+@needs_archives
 @pytest.mark.parametrize("name", SIMPLE)
 def test_import_simple_archive(target: SqlaBackend, name: str) -> None:  # noqa: F811
     result = import_archive(ARCHIVES / name, target)
@@ -409,6 +413,7 @@ def test_import_simple_archive(target: SqlaBackend, name: str) -> None:  # noqa:
     assert not again.changed and _counts(target) == counts
 
 
+@needs_archives
 def test_import_null_fields_repairs_them(target: SqlaBackend) -> None:  # noqa: F811
     result = import_archive(ARCHIVES / "0.10_null_fields.aiida", target)
     counts = _counts(target)
@@ -424,6 +429,7 @@ def test_import_null_fields_repairs_them(target: SqlaBackend) -> None:  # noqa: 
         assert (user.first_name, user.last_name) == ("", "")
 
 
+@needs_archives
 def test_import_drops_unknown_group_members(target: SqlaBackend) -> None:  # noqa: F811
     result = import_archive(ARCHIVES / "0.10_unknown_nodes_in_group.aiida", target)
     counts = _counts(target)
@@ -434,6 +440,7 @@ def test_import_drops_unknown_group_members(target: SqlaBackend) -> None:  # noq
             == uuid_module.UUID("a36001a4-fdad-4f0d-86c3-4373a5b88c6b")
 
 
+@needs_archives
 def test_import_refuses_the_dangling_link(target: SqlaBackend, tmp_path: Path) -> None:  # noqa: F811
     before = _counts(target)
     with pytest.raises(InvalidArchiveEntry, match="26522c2f-13e0-4b80-af13-cbc8c09df211"):
