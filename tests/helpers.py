@@ -124,3 +124,15 @@ def truncated_sqlite_database(tmp_path: Path) -> bytes:
     aiida_sqla_plugin.dispose_engines()
     data = source.read_bytes()
     return data[: len(data) // 2]
+
+
+def new_profile(dialect: str, tmp_path: Path, request: Any, name: str = "restored") -> aiida_sqla_plugin.Profile:
+    """A profile of a new, empty database of ``dialect`` (a PostgreSQL one is dropped when the test ends), with its
+    object store in ``tmp_path`` (not in the user data directory other tests share)."""
+    if dialect == "sqlite":
+        url = f"sqlite:///{tmp_path / f'{name}.sqlite'}"
+    else:
+        new_url = create_postgres_database()
+        request.addfinalizer(lambda: (aiida_sqla_plugin.dispose_engines(), drop_postgres_database(new_url)))
+        url = new_url.render_as_string(hide_password=False)
+    return aiida_sqla_plugin.Profile(name, "sqlalchemy", {"url": url, "repository": str(tmp_path / f"{name}.objects")})

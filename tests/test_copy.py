@@ -45,7 +45,7 @@ from aiida_sqla_plugin.synthetic import build_graph
 from aiida_sqla_plugin.utils import closure_status, install_tc
 
 from conftest import DIALECTS, require_postgres
-from helpers import create_postgres_database, drop_postgres_database
+from helpers import new_profile
 
 TABLES: tuple[type[Base], ...] = (
     DbUser, DbComputer, DbAuthInfo, DbNode, DbLink, DbGroup, DbGroupNode, DbComment, DbLog, DbPath, DbSetting,
@@ -53,22 +53,10 @@ TABLES: tuple[type[Base], ...] = (
 WHEN = datetime.datetime(2025, 5, 4, 3, 2, 1, 123456, tzinfo=datetime.timezone.utc)
 
 
-def _new_profile(dialect: str, tmp_path: Path, request: pytest.FixtureRequest, name: str) -> aiida_sqla_plugin.Profile:
-    """A new profile with its object store in ``tmp_path`` (not in the user data directory other tests share)."""
-    if dialect == "sqlite":
-        url = f"sqlite:///{tmp_path / f'{name}.sqlite'}"
-    else:
-        require_postgres()
-        new_url = create_postgres_database()
-        request.addfinalizer(lambda: (aiida_sqla_plugin.dispose_engines(), drop_postgres_database(new_url)))
-        url = new_url.render_as_string(hide_password=False)
-    return aiida_sqla_plugin.Profile(name, "sqlalchemy", {"url": url, "repository": str(tmp_path / f"{name}.objects")})
-
-
 @pytest.fixture
 def backend(dialect: str, tmp_path: Path, request: pytest.FixtureRequest) -> SqlaBackend:
     """The source: a migrated profile of the test's dialect."""
-    profile = _new_profile(dialect, tmp_path, request, "copy-source")
+    profile = new_profile(dialect, tmp_path, request, "copy-source")
     SqlaBackendManager(profile).migrate()
     return SqlaBackend(profile)
 
@@ -80,7 +68,9 @@ def target_dialect(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def target(target_dialect: str, tmp_path: Path, request: pytest.FixtureRequest) -> aiida_sqla_plugin.Profile:
-    return _new_profile(target_dialect, tmp_path, request, "copy-target")
+    if target_dialect == "postgresql":
+        require_postgres()
+    return new_profile(target_dialect, tmp_path, request, "copy-target")
 
 
 def _populate(backend: SqlaBackend, nodes: int = 300) -> None:
@@ -246,7 +236,7 @@ def test_failure_half_way_leaves_target_unchanged(backend: SqlaBackend, target: 
 
 
 def test_a_value_the_target_refuses_leaves_it_unchanged(tmp_path: Path, request: pytest.FixtureRequest, target: aiida_sqla_plugin.Profile):
-    source = _new_profile("sqlite", tmp_path, request, "loose-source")
+    source = new_profile("sqlite", tmp_path, request, "loose-source")
     aiida_sqla_plugin.reset_session(source)
     source_backend = SqlaBackend(source)
     SqlaBackendManager(source).migrate()
@@ -265,7 +255,7 @@ def test_same_database_is_refused(backend: SqlaBackend):
 
 def test_small_batches_copy_everything(backend: SqlaBackend, tmp_path: Path, request: pytest.FixtureRequest):
     _populate(backend, 120)
-    target = _new_profile("sqlite", tmp_path, request, "small-batches")
+    target = new_profile("sqlite", tmp_path, request, "small-batches")
     copy_storage(backend.profile, target, batch_size=7)
     assert _counts(SqlaBackend(target)) == _counts(backend)
 

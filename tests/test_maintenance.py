@@ -27,17 +27,7 @@ from aiida_sqla_plugin.reports import count_entities
 from aiida_sqla_plugin.synthetic import build_graph
 from aiida_sqla_plugin.utils import install_tc
 
-from helpers import create_postgres_database, drop_postgres_database
-
-
-def _target(dialect: str, tmp_path: Path, request: pytest.FixtureRequest) -> aiida_sqla_plugin.Profile:
-    if dialect == "sqlite":
-        url = f"sqlite:///{tmp_path / 'restored.sqlite'}"
-    else:
-        new_url = create_postgres_database()
-        request.addfinalizer(lambda: (aiida_sqla_plugin.dispose_engines(), drop_postgres_database(new_url)))
-        url = new_url.render_as_string(hide_password=False)
-    return aiida_sqla_plugin.Profile("restored", "sqlalchemy", {"url": url})
+from helpers import new_profile
 
 
 def _content(engine) -> list[tuple[str, str, str]]:
@@ -56,7 +46,7 @@ def test_backup_restore_round_trip(backend: SqlaBackend, dialect: str, tmp_path:
     manifest = json.loads((second / MANIFEST_NAME).read_text())
     assert manifest["dialect"] == dialect and manifest["counts"]["nodes"] == 300
     verify_backup(second)
-    target = _target(dialect, tmp_path, request)
+    target = new_profile(dialect, tmp_path, request)
     restore(second, target)
     restored = aiida_sqla_plugin.session.get_engine(target)
     assert count_entities(restored) == count_entities(backend.engine)
@@ -76,7 +66,7 @@ def test_tampered_and_incomplete_backups_are_refused(backend: SqlaBackend, diale
         handle.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(BackupError, match="sha256"):
         verify_backup(folder)
-    target = _target(dialect, tmp_path, request)
+    target = new_profile(dialect, tmp_path, request)
     with pytest.raises(BackupError, match="sha256"):
         restore(folder, target)
     # what an interrupted backup leaves (a temporary folder without manifest) is neither listed nor accepted
@@ -214,7 +204,7 @@ def test_cli_backup_verify_restore_integrity_maintain(backend: SqlaBackend, dial
     build_graph(backend, 100, seed=3)
     config = ConfigFile()
     config.add_profile(aiida_sqla_plugin.Profile("work", "sqlalchemy", dict(backend.profile.storage_config)), make_default=True)
-    config.add_profile(_target(dialect, tmp_path, request))
+    config.add_profile(new_profile(dialect, tmp_path, request))
 
     def invoke(*args: str, code: int = 0):
         result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
@@ -288,7 +278,7 @@ def test_backup_while_four_writers_run(backend: SqlaBackend, user, dialect: str,
     manifest = json.loads((folder / MANIFEST_NAME).read_text())
     assert before <= manifest["counts"]["nodes"] <= after
     assert before > 0 and after > manifest["counts"]["nodes"]  # the writers went on during and after the backup
-    target = _target(dialect, tmp_path, request)
+    target = new_profile(dialect, tmp_path, request)
     restore(folder, target)
     restored = SqlaBackend(target)
     assert count_entities(restored.engine) == manifest["counts"]

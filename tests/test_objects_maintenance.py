@@ -17,17 +17,7 @@ from aiida_sqla_plugin.models import DbNode
 from aiida_sqla_plugin.objectstore import ObjectStore, object_store_for
 from aiida_sqla_plugin.synthetic import build_graph
 
-from helpers import create_postgres_database, drop_postgres_database
-
-
-def _target(dialect: str, tmp_path: Path, request: pytest.FixtureRequest) -> aiida_sqla_plugin.Profile:
-    if dialect == "sqlite":
-        url = f"sqlite:///{tmp_path / 'restored.sqlite'}"
-    else:
-        new_url = create_postgres_database()
-        request.addfinalizer(lambda: (aiida_sqla_plugin.dispose_engines(), drop_postgres_database(new_url)))
-        url = new_url.render_as_string(hide_password=False)
-    return aiida_sqla_plugin.Profile("restored", "sqlalchemy", {"url": url, "repository": str(tmp_path / "restored-objects")})
+from helpers import new_profile
 
 
 def _with_objects(backend: SqlaBackend) -> tuple[set[str], str]:
@@ -62,7 +52,7 @@ def test_backup_holds_the_referenced_objects_and_restore_puts_them_back(backend:
     backed_up = ObjectStore(folder / "objects")
     assert set(backed_up.keys()) == referenced  # not the orphan
     verify_backup(folder)
-    target = _target(dialect, tmp_path, request)
+    target = new_profile(dialect, tmp_path, request)
     restore(folder, target)
     restored = _hashes(object_store_for(target))
     assert restored == {key: key for key in referenced}
@@ -80,7 +70,7 @@ def test_a_changed_or_missing_object_fails_verification(backend: SqlaBackend, di
     path.write_bytes(original + b"x")
     with pytest.raises(BackupError, match=f"object {key} does not match its sha256"):
         verify_backup(folder)
-    target = _target(dialect, tmp_path, request)
+    target = new_profile(dialect, tmp_path, request)
     with pytest.raises(BackupError, match="sha256"):
         restore(folder, target)
     assert list(object_store_for(target).keys()) == []
