@@ -81,10 +81,11 @@ def main(argv: list[str] | None = None) -> int:
             result = json.loads(completed.stdout)
             result.update(archive_bytes=exported.size_bytes, export_seconds=round(exported.seconds, 2), machine=machine_facts())
             print(json.dumps(result), flush=True)
-        if args.aiida_python:
+        storages = {"sqlite": "core.sqlite_dos", "postgresql": "core.psql_dos"}
+        for dialect in dialects if args.aiida_python else ():
             with tempfile.TemporaryDirectory(prefix="aiida-path-") as aiida_path:
                 completed = subprocess.run(
-                    [args.aiida_python, str(Path(__file__).with_name("aiida_core_import.py")), str(archive)],
+                    [args.aiida_python, str(Path(__file__).with_name("aiida_core_import.py")), str(archive), storages[dialect]],
                     capture_output=True, text=True, check=True, env={**os.environ, "AIIDA_PATH": aiida_path},
                 )
             print(completed.stdout.strip().splitlines()[-1], flush=True)
