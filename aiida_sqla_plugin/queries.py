@@ -7,6 +7,7 @@ from sqlalchemy import Date, cast, func, literal_column, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from .models import DbNode
+from .session import transaction
 
 if TYPE_CHECKING:
     from .backend import SqlaBackend
@@ -47,8 +48,8 @@ class SqlaQueryManager:
         types: dict[str, int] = {}
         by_day: dict[str, int] = {}
         by_day_and_type: dict[str, dict[str, int]] = {}
-        with engine.connect() as connection:
-            for day_value, node_type, count in connection.execute(statement):
+        with transaction(self._backend.get_session()) as session:  # the caller's transaction, if one is open
+            for day_value, node_type, count in session.execute(statement):
                 key = str(day_value)
                 types[node_type] = types.get(node_type, 0) + count
                 by_day[key] = by_day.get(key, 0) + count

@@ -11,6 +11,7 @@ from aiida_sqla_plugin.backend import SqlaBackend
 from aiida_sqla_plugin.closure import closure_status, install_tc
 from aiida_sqla_plugin.exceptions import ValidationError
 from aiida_sqla_plugin.models import DbLink, DbNode, DbSetting, DbUser
+from aiida_sqla_plugin.queries import SqlaQueryManager
 from helpers import count_rows, node_rows
 
 
@@ -160,3 +161,12 @@ def test_settings_join_the_callers_block_and_roll_back_with_it(backend, user):
     with backend.transaction(write=True):
         settings.set("committed", True)
     assert count_rows(backend, DbSetting, DbSetting.key == "committed") == 1
+
+
+def test_creation_statistics_see_the_callers_uncommitted_nodes(backend, user):
+    statistics = SqlaQueryManager(backend)
+    with pytest.raises(Boom), backend.transaction(write=True):
+        backend.bulk_insert(DbNode, node_rows(user.id, 3))
+        assert statistics.get_creation_statistics()["total"] == 3
+        raise Boom
+    assert statistics.get_creation_statistics()["total"] == 0
