@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from .backend import SqlaBackend
 from .exceptions import ValidationError
@@ -18,7 +18,7 @@ from .profile import describe_url, sqlite_path
 from .queries import SqlaQueryManager
 from .sql import id_select
 
-__all__ = ("COUNTED_ENTITIES", "connections", "count_entities", "database_size", "missing_nodes", "storage_info")
+__all__ = ("COUNTED_ENTITIES", "connections", "count_entities", "database_size", "entity_counts", "missing_nodes", "storage_info")
 
 #: What ``storage info`` counts: name shown -> model.
 COUNTED_ENTITIES: dict[str, type[Base]] = {
@@ -33,9 +33,14 @@ COUNTED_ENTITIES: dict[str, type[Base]] = {
 
 def count_entities(engine: Engine) -> dict[str, int]:
     """Row counts of nodes, links, groups, users, computers, comments and logs (one query)."""
-    columns = [select(func.count()).select_from(model).scalar_subquery().label(key) for key, model in COUNTED_ENTITIES.items()]
     with engine.connect() as connection:
-        row = connection.execute(select(*columns)).one()
+        return entity_counts(connection)
+
+
+def entity_counts(connection: Connection) -> dict[str, int]:
+    """:func:`count_entities` on ``connection``, in its transaction (a backup's snapshot, say)."""
+    columns = [select(func.count()).select_from(model).scalar_subquery().label(key) for key, model in COUNTED_ENTITIES.items()]
+    row = connection.execute(select(*columns)).one()
     return {key: int(row[index]) for index, key in enumerate(COUNTED_ENTITIES)}
 
 

@@ -32,7 +32,7 @@ from ..manager import SqlaBackendManager
 from ..objectstore import ObjectStore, object_store_for
 from ..profile import ProfileLike, database_url, sqlite_file
 from ..progress import ProgressCallback, report
-from ..reports import COUNTED_ENTITIES, count_entities
+from ..reports import count_entities, entity_counts
 
 __all__ = ("MANIFEST_NAME", "LAST_BACKUP_LINK", "backup", "list_backups", "restore", "verify_backup")
 
@@ -109,7 +109,7 @@ def _backup_postgres(url: URL, folder: Path) -> tuple[dict[str, int], str | None
             pg_dump = _check_client("pg_dump", _server_major(connection))
             connection.exec_driver_sql("SET TRANSACTION READ ONLY")
             snapshot = connection.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
-            counts = _counts(connection)
+            counts = entity_counts(connection)
             revision = _revision(connection)
             keys = referenced_object_keys(connection)
             server = str(connection.exec_driver_sql("SHOW server_version").scalar_one())
@@ -121,12 +121,6 @@ def _backup_postgres(url: URL, folder: Path) -> tuple[dict[str, int], str | None
     finally:
         engine.dispose()
     return counts, revision, keys, {"pg_dump": pg_dump, "postgresql_server": server}
-
-
-def _counts(connection: Connection) -> dict[str, int]:
-    columns = ", ".join(f"(SELECT count(*) FROM {model.__tablename__}) AS {key}" for key, model in COUNTED_ENTITIES.items())
-    row = connection.exec_driver_sql(f"SELECT {columns}").one()
-    return {key: int(row[index]) for index, key in enumerate(COUNTED_ENTITIES)}
 
 
 def _revision(connection: Connection) -> str | None:
@@ -155,7 +149,7 @@ def _sqlite_state(path: Path) -> tuple[dict[str, int], str | None, set[str]]:
     engine = create_engine(f"sqlite:///{path}")
     try:
         with engine.connect() as connection:
-            return _counts(connection), _revision(connection), referenced_object_keys(connection)
+            return entity_counts(connection), _revision(connection), referenced_object_keys(connection)
     finally:
         engine.dispose()
 
