@@ -6,6 +6,7 @@ __all__ = (
     "AuthenticationFailed",
     "BackupError",
     "ConfigurationError",
+    "ConnectionLost",
     "CorruptStorage",
     "DatabaseMigrationError",
     "DatabaseNotFound",
@@ -55,6 +56,16 @@ class UnsupportedEngine(ConfigurationError):
 
 class UnreachableStorage(AiidaSqlaError):
     """The database named by a profile cannot be reached."""
+
+
+class ConnectionLost(UnreachableStorage):
+    """A connection was lost while in use (server restart, terminated backend); its transaction was rolled back.
+
+    ``callers_transaction`` is True when that transaction was one the caller had open around the failed call:
+    the caller's earlier work in it is gone too, so only the caller can run it again.
+    """
+
+    callers_transaction: bool = False
 
 
 class AuthenticationFailed(UnreachableStorage):
