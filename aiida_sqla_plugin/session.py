@@ -85,6 +85,10 @@ SQLITE_BEGIN_OPTION = "aiida_sqlite_begin"
 POSTGRESQL_POOL_DEFAULTS: dict[str, Any] = {"pool_size": 4, "max_overflow": 4, "pool_timeout": 30, "pool_recycle": 1800}
 #: PostgreSQL error code of a write in a read-only transaction.
 _READ_ONLY_SQLSTATE = "25006"
+#: Seconds a read whose connection was lost waits for the server to accept a connection before running again.
+RECONNECT_WAIT_SECONDS = 10.0
+#: Seconds between two connection attempts while waiting for the server.
+_RECONNECT_PAUSE_SECONDS = 0.25
 #: Key in ``Session.info`` counting the :func:`transaction` blocks open on that session.
 _TRANSACTION_DEPTH = "aiida_sqla_transaction_depth"
 #: True while an :func:`idempotent_read` runs in this thread (or task): a read it calls does not retry on its own.
@@ -160,11 +164,13 @@ def _report_disconnects(engine: Engine, profile_name: str) -> None:
     def _on_disconnect(context: ExceptionContext) -> None:
         # A failed connect (no connection yet) is the engine's general error hook's: it names the cause.
         if context.connection is not None and context.is_disconnect:
-            raise ConnectionLost(
+            error = ConnectionLost(
                 f"Profile {profile_name!r}: the connection to the {describe_url(engine.url)} was lost "
                 f"({error_line(context.original_exception)}); the open transaction was rolled back and none of it was "
                 "written: run it again once the server answers."
-            ) from context.sqlalchemy_exception
+            )
+            error.engine = engine
+            raise error from context.sqlalchemy_exception
 
 
 def _open_read_only(engine: Engine, profile_name: str) -> None:
@@ -459,11 +465,29 @@ def transaction(session: Session, write: bool = False) -> Iterator[Session]:
         session.info[_TRANSACTION_DEPTH] = depth
 
 
+def _await_server(engine: Engine) -> None:
+    """Return once a new connection to ``engine``'s database opens; after :data:`RECONNECT_WAIT_SECONDS` raise the
+    :class:`UnreachableStorage` of the last attempt (at once for a wrong password, a missing database, a full pool).
+    """
+    deadline = time.monotonic() + RECONNECT_WAIT_SECONDS
+    while True:
+        try:
+            with engine.connect():
+                return
+        except (AuthenticationFailed, DatabaseNotFound, PoolExhausted):
+            raise
+        except UnreachableStorage:  # refused, or the server is shutting down or starting up
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(_RECONNECT_PAUSE_SECONDS)
+
+
 def idempotent_read(function: Callable[_P, _R]) -> Callable[_P, _R]:
     """Run the read ``function`` once more when its connection was lost in a transaction of its own.
 
     Only for functions that do not write: running them twice gives what running them once would. The second run
-    checks out a new connection (the loss invalidated the pool); its failure is raised. No retry when the lost
+    waits (up to :data:`RECONNECT_WAIT_SECONDS`) for the server to accept a connection, as after a restart, and
+    runs on a new connection (the loss invalidated the pool); its failure is raised. No retry when the lost
     transaction was the caller's (``ConnectionLost.callers_transaction``: the caller's earlier work is gone and
     only the caller can redo it), nor for a read called by another one (the outer read runs again as a whole).
     """
@@ -480,6 +504,8 @@ def idempotent_read(function: Callable[_P, _R]) -> Callable[_P, _R]:
                 if error.callers_transaction:
                     raise
                 LOGGER.warning("%s: %s; running it again once", function.__qualname__, error_line(error))
+                if error.engine is not None:
+                    _await_server(error.engine)
             return function(*args, **kwargs)
         finally:
             _in_read.reset(token)

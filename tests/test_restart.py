@@ -8,14 +8,11 @@ test terminates exactly the server process running it, and sees the second attem
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, select, text
-from sqlalchemy.engine import URL
+from sqlalchemy import create_engine, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import QueuePool
 
@@ -29,11 +26,7 @@ from aiida_sqla_plugin.reports import count_entities, missing_nodes
 from aiida_sqla_plugin.settings import list_settings
 
 from conftest import PG_ADMIN_URL
-from helpers import count_rows
-
-#: Seconds a test waits for a server process to reach the lock before it fails.
-WAIT_SECONDS = 60.0
-
+from helpers import WAIT_SECONDS, LockedTables, count_rows, run_in_thread
 
 def terminate(pid: int) -> None:
     """End server process ``pid`` from an administrator connection, and give it a moment to go."""
@@ -89,50 +82,6 @@ def test_connection_lost_in_use_raises_unreachable_storage_and_the_next_checkout
         assert connection.scalar(text("SELECT 1")) == 1
 
 
-class LockedTables:
-    """Holds ``ACCESS EXCLUSIVE`` on tables of a database, so a statement of this process reading them waits in flight.
-
-    The lock is held by an engine without this package's hooks; a second, autocommit connection watches
-    ``pg_stat_activity`` (a transaction would see a frozen snapshot of it) and terminates the waiting processes.
-    """
-
-    def __init__(self, url: URL, tables: tuple[str, ...]) -> None:
-        self.engine: Engine = create_engine(url)
-        self.holder = self.engine.connect()
-        self.holder.execute(text(f"LOCK TABLE {', '.join(tables)} IN ACCESS EXCLUSIVE MODE"))
-        self.monitor = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        self.seen: list[int] = []
-
-    def next_waiter(self) -> int:
-        """The server pid of the next connection of this process that waits for the lock (not one seen before)."""
-        deadline = time.monotonic() + WAIT_SECONDS
-        while True:
-            pids = self.monitor.scalars(
-                text("SELECT pid FROM pg_stat_activity WHERE application_name = :name AND wait_event_type = 'Lock' "
-                     "AND datname = current_database()"),
-                {"name": session_module.application_name()},
-            ).all()
-            new = [pid for pid in pids if pid not in self.seen]
-            if new:
-                self.seen.append(new[0])
-                return new[0]
-            assert time.monotonic() < deadline, f"no new connection waited for the lock (seen {self.seen})"
-            time.sleep(0.05)
-
-    def kill_next_waiter(self) -> int:
-        pid = self.next_waiter()
-        assert self.monitor.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}) is True
-        return pid
-
-    def release(self) -> None:
-        self.holder.rollback()
-
-    def close(self) -> None:
-        self.holder.close()
-        self.monitor.close()
-        self.engine.dispose()
-
-
 def stored_graph(backend: SqlaBackend) -> tuple[int, int]:
     """Two nodes, a ``create`` link from the first to the second, and the setting ``answer = 42``."""
     with backend.transaction(write=True) as session:
@@ -155,12 +104,6 @@ READS: dict[str, tuple[tuple[str, ...], Callable[[SqlaBackend, tuple[int, int]],
     "count_entities": (("db_dbnode",), lambda b, ids: count_entities(b.engine)["links"], lambda ids: 1),
     "missing_nodes": (("db_dbnode",), lambda b, ids: missing_nodes(b.engine, [*ids, ids[1] + 1]), lambda ids: {ids[1] + 1}),
 }
-
-
-def run_in_thread(call: Callable[[], Any]) -> tuple[ThreadPoolExecutor, Future[Any]]:
-    """Start ``call`` in a thread of its own: its own scoped session, no caller transaction."""
-    executor = ThreadPoolExecutor(max_workers=1)
-    return executor, executor.submit(call)
 
 
 @pytest.mark.parametrize("read", sorted(READS))
