@@ -7,6 +7,7 @@ test terminates exactly the server process running it, and sees the second attem
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -161,17 +162,26 @@ def test_a_write_whose_connection_dies_is_not_run_again(backend: SqlaBackend) ->
     assert backend.settings.get("answer").value == 42
 
 
+@pytest.mark.parametrize("opened", ["backend.transaction()", "session.begin()", "implicit"])
 @pytest.mark.parametrize("dialect", ["postgresql"], indirect=True)
-def test_a_read_in_the_callers_lost_transaction_is_not_run_again(backend: SqlaBackend) -> None:
+def test_a_read_in_the_callers_lost_transaction_is_not_run_again(backend: SqlaBackend, opened: str) -> None:
+    """The caller's transaction: a block, one begun explicitly, or one the session began when it flushed."""
     ids = stored_graph(backend)
+    session = backend.get_session()
+    blocks: dict[str, Callable[[], contextlib.AbstractContextManager[Any]]] = {
+        "backend.transaction()": lambda: backend.transaction(write=True),
+        "session.begin()": session.begin,
+        "implicit": contextlib.nullcontext,
+    }
     with pytest.raises(ConnectionLost, match="was lost") as caught:
-        with backend.transaction(write=True) as session:
+        with blocks[opened]():
             user_id = session.scalar(select(DbUser.id))
             session.add(DbNode(node_type="data.core.int.Int.", user_id=user_id, label="half-written"))
             session.flush()
             terminate(session.scalar(text("SELECT pg_backend_pid()")))
             get_ancestors([ids[1]], backend=backend)  # would answer if it ran again on a new connection
     assert caught.value.callers_transaction
+    session.rollback()  # ends the implicit transaction (a no-op after the blocks)
     assert count_rows(backend, DbNode, DbNode.label == "half-written") == 0
     assert get_ancestors([ids[1]], backend=backend) == {ids[0]}  # the next call, in its own transaction, works
 
