@@ -1,11 +1,17 @@
 """Exceptions raised by the storage backend; all derive from :class:`AiidaSqlaError`."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
 __all__ = (
     "AiidaSqlaError",
     "AuthenticationFailed",
     "BackupError",
     "ConfigurationError",
+    "ConnectionLost",
     "CorruptStorage",
     "DatabaseMigrationError",
     "DatabaseNotFound",
@@ -55,6 +61,18 @@ class UnsupportedEngine(ConfigurationError):
 
 class UnreachableStorage(AiidaSqlaError):
     """The database named by a profile cannot be reached."""
+
+
+class ConnectionLost(UnreachableStorage):
+    """A connection was lost while in use (server restart, terminated backend); its transaction was rolled back.
+
+    ``callers_transaction`` is True when that transaction was one the caller had open around the failed call:
+    the caller's earlier work in it is gone too, so only the caller can run it again. ``engine`` is the engine
+    whose connection was lost.
+    """
+
+    callers_transaction: bool = False
+    engine: Engine | None = None
 
 
 class AuthenticationFailed(UnreachableStorage):

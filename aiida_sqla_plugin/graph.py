@@ -24,7 +24,7 @@ from .exceptions import AiidaSqlaError, ValidationError
 from .links import DEFAULT_CLOSURE_LINK_TYPES, validate_link_types
 from .models import DbGroup, DbGroupNode, DbLink, DbNode, DbPath, table_of
 from .progress import ProgressCallback, report
-from .session import transaction
+from .session import idempotent_read, transaction
 from .sql import id_select
 
 
@@ -390,6 +390,7 @@ def _reachable(
         return found
 
 
+@idempotent_read
 def get_ancestors(
     pks: Iterable[int],
     link_types: Collection[str] | str = DEFAULT_CLOSURE_LINK_TYPES,
@@ -405,6 +406,7 @@ def get_ancestors(
     return _reachable(pks, link_types, max_depth, backend, upward=True)
 
 
+@idempotent_read
 def get_descendants(
     pks: Iterable[int],
     link_types: Collection[str] | str = DEFAULT_CLOSURE_LINK_TYPES,

@@ -7,7 +7,7 @@ from sqlalchemy import Date, cast, func, literal_column, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from .models import DbNode
-from .session import transaction
+from .session import idempotent_read, transaction
 
 if TYPE_CHECKING:
     from .backend import SqlaBackend
@@ -29,6 +29,7 @@ class SqlaQueryManager:
         # PostgreSQL: the UTC date (str() of a date is 'YYYY-MM-DD'); casting is far cheaper per row than to_char.
         return cast(func.timezone(literal_column("'UTC'"), DbNode.ctime), Date)
 
+    @idempotent_read
     def get_creation_statistics(self, user_pk: int | None = None) -> dict[str, Any]:
         """Count nodes: ``{"total": n, "types": {node_type: n}, "ctime_by_day": {"YYYY-MM-DD": n},
         "ctime_by_day_and_type": {"YYYY-MM-DD": {node_type: n}}}``.

@@ -16,6 +16,7 @@ from .exceptions import ValidationError
 from .models import Base, DbComment, DbComputer, DbGroup, DbLink, DbLog, DbNode, DbUser
 from .profile import describe_url, sqlite_path
 from .queries import SqlaQueryManager
+from .session import idempotent_read
 from .sql import id_select
 
 __all__ = ("COUNTED_ENTITIES", "connections", "count_entities", "database_size", "entity_counts", "missing_nodes", "storage_info")
@@ -31,6 +32,8 @@ COUNTED_ENTITIES: dict[str, type[Base]] = {
     "logs": DbLog,
 }
 
+
+@idempotent_read
 def count_entities(engine: Engine) -> dict[str, int]:
     """Row counts of nodes, links, groups, users, computers, comments and logs (one query)."""
     with engine.connect() as connection:
@@ -44,6 +47,7 @@ def entity_counts(connection: Connection) -> dict[str, int]:
     return {key: int(row[index]) for index, key in enumerate(COUNTED_ENTITIES)}
 
 
+@idempotent_read
 def database_size(engine: Engine) -> int | None:
     """Bytes the database takes: ``pg_database_size`` on PostgreSQL, the file (+ WAL) on SQLite; else None."""
     if engine.dialect.name == "postgresql":
@@ -56,6 +60,7 @@ def database_size(engine: Engine) -> int | None:
     return None
 
 
+@idempotent_read
 def missing_nodes(engine: Engine, pks: Iterable[int]) -> set[int]:
     """The pks among ``pks`` that name no stored node (one query, any number of pks)."""
     wanted = {int(pk) for pk in pks}
@@ -75,6 +80,7 @@ _CONNECTIONS_SQL = text(
 )
 
 
+@idempotent_read
 def connections(engine: Engine) -> list[dict[str, Any]]:
     """Who is connected to the engine's PostgreSQL database (``pg_stat_activity``), this query's own one excluded.
 
@@ -92,6 +98,7 @@ def connections(engine: Engine) -> list[dict[str, Any]]:
         return [dict(row._mapping) for row in connection.execute(_CONNECTIONS_SQL)]
 
 
+@idempotent_read
 def storage_info(backend: SqlaBackend, query_manager: Any = None) -> dict[str, Any]:
     """What ``storage info`` shows (as aiida's ``get_info()``): location, dialect, revision, size, counts, statistics.
 

@@ -13,17 +13,20 @@ lock. Commit, or at least do not flush, before forking on SQLite.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import logging
 import os
 import select
 import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import create_engine, event, exc
 from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext
@@ -35,6 +38,7 @@ from .exceptions import (
     AiidaSqlaError,
     AuthenticationFailed,
     ConfigurationError,
+    ConnectionLost,
     CorruptStorage,
     DatabaseNotFound,
     PoolExhausted,
@@ -56,6 +60,7 @@ __all__ = (
     "get_engine",
     "get_scoped_session",
     "get_session_factory",
+    "idempotent_read",
     "recreate_after_fork",
     "reset_session",
     "set_current_profile",
@@ -80,8 +85,18 @@ SQLITE_BEGIN_OPTION = "aiida_sqlite_begin"
 POSTGRESQL_POOL_DEFAULTS: dict[str, Any] = {"pool_size": 4, "max_overflow": 4, "pool_timeout": 30, "pool_recycle": 1800}
 #: PostgreSQL error code of a write in a read-only transaction.
 _READ_ONLY_SQLSTATE = "25006"
+#: Seconds a read whose connection was lost waits for the server to accept a connection before running again.
+RECONNECT_WAIT_SECONDS = 10.0
+#: Seconds between two connection attempts while waiting for the server.
+_RECONNECT_PAUSE_SECONDS = 0.25
 #: Key in ``Session.info`` counting the :func:`transaction` blocks open on that session.
 _TRANSACTION_DEPTH = "aiida_sqla_transaction_depth"
+#: True while an :func:`idempotent_read` runs in this thread (or task): a read it calls does not retry on its own.
+_in_read: ContextVar[bool] = ContextVar("aiida_sqla_in_idempotent_read", default=False)
+
+LOGGER = logging.getLogger(__name__)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 @dataclass
@@ -140,20 +155,22 @@ def _name_connections(engine: Engine, prefix: str) -> None:
 
 
 def _report_disconnects(engine: Engine, profile_name: str) -> None:
-    """A connection lost in use (server restart, terminated backend) raises :class:`UnreachableStorage`.
+    """A connection lost in use (server restart, terminated backend) raises :class:`ConnectionLost`.
 
-    SQLAlchemy still invalidates the pool, so the next checkout opens a new connection.
+    SQLAlchemy still invalidates the pool (every connection opened before now), so the next checkout opens a new one.
     """
 
     @event.listens_for(engine, "handle_error")
     def _on_disconnect(context: ExceptionContext) -> None:
         # A failed connect (no connection yet) is the engine's general error hook's: it names the cause.
         if context.connection is not None and context.is_disconnect:
-            raise UnreachableStorage(
+            error = ConnectionLost(
                 f"Profile {profile_name!r}: the connection to the {describe_url(engine.url)} was lost "
                 f"({error_line(context.original_exception)}); the open transaction was rolled back and none of it was "
                 "written: run it again once the server answers."
-            ) from context.sqlalchemy_exception
+            )
+            error.engine = engine
+            raise error from context.sqlalchemy_exception
 
 
 def _open_read_only(engine: Engine, profile_name: str) -> None:
@@ -413,11 +430,15 @@ def transaction(session: Session, write: bool = False) -> Iterator[Session]:
     the session had begun implicitly (by loading an object) is committed with it. ``write=True`` marks a block
     that writes: on SQLite it then begins ``IMMEDIATE``, committing first an implicit transaction of the session
     (which has a snapshot that may be too old to write in).
+
+    A :class:`ConnectionLost` out of a block that joined a transaction (the caller's, or one the session had begun
+    implicitly, which may hold flushed writes) is marked ``callers_transaction``: :func:`idempotent_read` leaves it
+    to the caller.
     """
     depth = session.info.get(_TRANSACTION_DEPTH, 0)
     session.info[_TRANSACTION_DEPTH] = depth + 1
+    current = session.get_transaction()
     try:
-        current = session.get_transaction()
         implicit = current is not None and current.origin is SessionTransactionOrigin.AUTOBEGIN
         if depth > 0 or (current is not None and not implicit):
             with session.begin_nested():
@@ -436,8 +457,60 @@ def transaction(session: Session, write: bool = False) -> Iterator[Session]:
                 if options:
                     session.connection(execution_options=options)
                 yield session
+    except ConnectionLost as error:
+        if depth > 0 or current is not None:
+            error.callers_transaction = True
+        raise
     finally:
         session.info[_TRANSACTION_DEPTH] = depth
+
+
+def _await_server(engine: Engine) -> None:
+    """Return once a new connection to ``engine``'s database opens; after :data:`RECONNECT_WAIT_SECONDS` raise the
+    :class:`UnreachableStorage` of the last attempt (at once for a wrong password, a missing database, a full pool).
+    """
+    deadline = time.monotonic() + RECONNECT_WAIT_SECONDS
+    while True:
+        try:
+            with engine.connect():
+                return
+        except (AuthenticationFailed, DatabaseNotFound, PoolExhausted):
+            raise
+        except UnreachableStorage:  # refused, or the server is shutting down or starting up
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(_RECONNECT_PAUSE_SECONDS)
+
+
+def idempotent_read(function: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run the read ``function`` once more when its connection was lost in a transaction of its own.
+
+    Only for functions that do not write: running them twice gives what running them once would. The second run
+    waits (up to :data:`RECONNECT_WAIT_SECONDS`) for the server to accept a connection, as after a restart, and
+    runs on a new connection (the loss invalidated the pool); its failure is raised. No retry when the lost
+    transaction was the caller's (``ConnectionLost.callers_transaction``: the caller's earlier work is gone and
+    only the caller can redo it), nor for a read called by another one (the outer read runs again as a whole).
+    """
+
+    @functools.wraps(function)
+    def read(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        if _in_read.get():
+            return function(*args, **kwargs)
+        token = _in_read.set(True)
+        try:
+            try:
+                return function(*args, **kwargs)
+            except ConnectionLost as error:
+                if error.callers_transaction:
+                    raise
+                LOGGER.warning("%s: %s; running it again once", function.__qualname__, error_line(error))
+                if error.engine is not None:
+                    _await_server(error.engine)
+            return function(*args, **kwargs)
+        finally:
+            _in_read.reset(token)
+
+    return read
 
 
 def set_current_profile(profile: ProfileLike) -> None:

@@ -71,6 +71,7 @@ class SqlaSettingsManager:
         """The profile's thread session under the one transaction rule (joins the caller's transaction)."""
         return session_module.transaction(session_module.get_session_factory(self._profile)(), write=write)
 
+    @session_module.idempotent_read
     def validate_table_existence(self) -> None:
         """Raise :class:`NotExistent` if the settings table does not exist (database not migrated)."""
         with self._transaction() as session:
@@ -93,6 +94,7 @@ class SqlaSettingsManager:
             self.validate_table_existence()
             raise
 
+    @session_module.idempotent_read
     def get(self, key: str) -> Setting:
         """The setting ``key``, or :class:`NotExistent`."""
         validate_setting_key(key)
@@ -136,6 +138,7 @@ class SqlaSettingsManager:
             raise NotExistent(f"no setting with key {key!r}")
 
 
+@session_module.idempotent_read
 def list_settings(engine: Engine) -> list[Setting]:
     """Every stored setting, ordered by key."""
     table = DbSetting.__table__

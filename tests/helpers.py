@@ -1,23 +1,26 @@
-"""Helpers shared by the test modules: PostgreSQL test databases, row builders, counts and id sets.
+"""Helpers shared by the test modules: PostgreSQL test databases, row builders, counts and id sets, table locks.
 
 Counts and id sets read through a connection of their own, so they see committed rows only.
 """
 from __future__ import annotations
 
 import os
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, func, insert, select, text
 from sqlalchemy import inspect as sqlalchemy_inspect
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 import aiida_sqla_plugin
 from aiida_sqla_plugin.backend import SqlaBackend
 from aiida_sqla_plugin.manager import SqlaBackendManager
 from aiida_sqla_plugin.models import DbLink, DbNode, DbUser
+from aiida_sqla_plugin.session import application_name
 
 def _shared_archives() -> Path:
     """The folder of real AiiDA archives (test data, not part of the product): ``$AIIDA_SQLA_TEST_ARCHIVES``, else
@@ -133,6 +136,67 @@ def new_profile(dialect: str, tmp_path: Path, request: Any, name: str = "restore
         url = f"sqlite:///{tmp_path / f'{name}.sqlite'}"
     else:
         new_url = create_postgres_database()
-        request.addfinalizer(lambda: (aiida_sqla_plugin.dispose_engines(), drop_postgres_database(new_url)))
+
+        def drop() -> None:
+            aiida_sqla_plugin.dispose_engines()
+            drop_postgres_database(new_url)
+
+        request.addfinalizer(drop)
         url = new_url.render_as_string(hide_password=False)
     return aiida_sqla_plugin.Profile(name, "sqlalchemy", {"url": url, "repository": str(tmp_path / f"{name}.objects")})
+
+
+#: Seconds a test waits for a server process of this process to reach a lock before it fails.
+WAIT_SECONDS = 60.0
+
+
+class LockedTables:
+    """Holds ``ACCESS EXCLUSIVE`` on tables of a database, so a statement of this process reading them waits in flight.
+
+    The lock is held by an engine without this package's hooks; a second, autocommit connection watches
+    ``pg_stat_activity`` (a transaction would see a frozen snapshot of it) and terminates the waiting processes.
+    """
+
+    def __init__(self, url: URL, tables: tuple[str, ...]) -> None:
+        self.engine: Engine = create_engine(url)
+        self.holder = self.engine.connect()
+        self.holder.execute(text(f"LOCK TABLE {', '.join(tables)} IN ACCESS EXCLUSIVE MODE"))
+        self.monitor = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        self.seen: list[int] = []
+
+    def next_waiter(self) -> int:
+        """The server pid of the next connection of this process that waits for the lock (not one seen before)."""
+        deadline = time.monotonic() + WAIT_SECONDS
+        while True:
+            pids = self.monitor.scalars(
+                text("SELECT pid FROM pg_stat_activity WHERE application_name = :name AND wait_event_type = 'Lock' "
+                     "AND datname = current_database()"),
+                {"name": application_name()},
+            ).all()
+            new = [pid for pid in pids if pid not in self.seen]
+            if new:
+                self.seen.append(new[0])
+                return new[0]
+            assert time.monotonic() < deadline, f"no new connection waited for the lock (seen {self.seen})"
+            time.sleep(0.05)
+
+    def kill_next_waiter(self) -> int:
+        pid = self.next_waiter()
+        assert self.monitor.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}) is True
+        return pid
+
+    def release(self) -> None:
+        self.holder.rollback()
+
+    def close(self) -> None:
+        """Drop both connections without a rollback (they may have died with the server); the lock goes with them."""
+        for connection in (self.holder, self.monitor):
+            connection.invalidate()
+            connection.close()
+        self.engine.dispose()
+
+
+def run_in_thread(call: Callable[[], Any]) -> tuple[ThreadPoolExecutor, Future[Any]]:
+    """Start ``call`` in a thread of its own: its own scoped session, no caller transaction."""
+    executor = ThreadPoolExecutor(max_workers=1)
+    return executor, executor.submit(call)
