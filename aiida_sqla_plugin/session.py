@@ -20,14 +20,15 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event, exc
-from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext
+from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext, Row
 from sqlalchemy.orm import Session, SessionTransactionOrigin, scoped_session, sessionmaker
+from sqlalchemy.sql import Executable
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePool
 
 from . import values
@@ -52,6 +53,7 @@ __all__ = (
     "application_name",
     "check_connection",
     "dispose_engines",
+    "execute_read",
     "get_current_profile",
     "get_engine",
     "get_scoped_session",
@@ -438,6 +440,22 @@ def transaction(session: Session, write: bool = False) -> Iterator[Session]:
                 yield session
     finally:
         session.info[_TRANSACTION_DEPTH] = depth
+
+
+def execute_read(session: Session, statement: Executable, parameters: Mapping[str, Any] | None = None) -> list[Row[Any]]:
+    """The rows of one read-only ``statement``, under the one transaction rule.
+
+    In the caller's transaction it runs there and sees the caller's uncommitted work. Otherwise the statement is
+    a transaction of its own: on PostgreSQL it runs in autocommit, one round trip instead of ``BEGIN``, the
+    statement and ``COMMIT``; on SQLite, where ``BEGIN`` and ``COMMIT`` cost no round trip, in a short transaction.
+    """
+    engine = session.get_bind()
+    joins_caller = session.info.get(_TRANSACTION_DEPTH, 0) > 0 or session.get_transaction() is not None
+    if joins_caller or engine.dialect.name != "postgresql":
+        with transaction(session) as joined:
+            return list(joined.execute(statement, parameters))
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        return list(connection.execute(statement, parameters))
 
 
 def set_current_profile(profile: ProfileLike) -> None:
