@@ -449,12 +449,12 @@ def execute_read(session: Session, statement: Executable, parameters: Mapping[st
     a transaction of its own: on PostgreSQL it runs in autocommit, one round trip instead of ``BEGIN``, the
     statement and ``COMMIT``; on SQLite, where ``BEGIN`` and ``COMMIT`` cost no round trip, in a short transaction.
     """
-    engine = session.get_bind()
+    bind = session.get_bind()
     joins_caller = session.info.get(_TRANSACTION_DEPTH, 0) > 0 or session.get_transaction() is not None
-    if joins_caller or engine.dialect.name != "postgresql":
+    if joins_caller or not isinstance(bind, Engine) or bind.dialect.name != "postgresql":
         with transaction(session) as joined:
             return list(joined.execute(statement, parameters))
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+    with bind.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         return list(connection.execute(statement, parameters))
 
 

@@ -108,7 +108,8 @@ class SqlaSettingsManager:
             rows = session_module.execute_read(session, _SELECT_ONE, {"key": key})
         if not rows:
             raise NotExistent(f"no setting with key {key!r}")
-        return Setting(*rows[0])
+        key, value, description, time = rows[0]
+        return Setting(key, value, description, time)
 
     def set(self, key: str, value: Any, description: str | None = None) -> None:
         """Create or replace ``key`` in one statement; ``description=None`` keeps the stored description."""
