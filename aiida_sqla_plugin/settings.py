@@ -108,8 +108,8 @@ class SqlaSettingsManager:
             rows = session_module.execute_read(session, _SELECT_ONE, {"key": key})
         if not rows:
             raise NotExistent(f"no setting with key {key!r}")
-        key, value, description, time = rows[0]
-        return Setting(key, value, description, time)
+        row = rows[0]
+        return Setting(row.key, row.val, row.description, row.time)
 
     def set(self, key: str, value: Any, description: str | None = None) -> None:
         """Create or replace ``key`` in one statement; ``description=None`` keeps the stored description."""
