@@ -22,15 +22,16 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import create_engine, event, exc
-from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext
+from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext, Row
 from sqlalchemy.orm import Session, SessionTransactionOrigin, scoped_session, sessionmaker
+from sqlalchemy.sql import Executable
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePool
 
 from . import values
@@ -56,6 +57,7 @@ __all__ = (
     "application_name",
     "check_connection",
     "dispose_engines",
+    "execute_read",
     "get_current_profile",
     "get_engine",
     "get_scoped_session",
@@ -511,6 +513,22 @@ def idempotent_read(function: Callable[_P, _R]) -> Callable[_P, _R]:
             _in_read.reset(token)
 
     return read
+
+
+def execute_read(session: Session, statement: Executable, parameters: Mapping[str, Any] | None = None) -> list[Row[Any]]:
+    """The rows of one read-only ``statement``, under the one transaction rule.
+
+    In the caller's transaction it runs there and sees the caller's uncommitted work. Otherwise the statement is
+    a transaction of its own: on PostgreSQL it runs in autocommit, one round trip instead of ``BEGIN``, the
+    statement and ``COMMIT``; on SQLite, where ``BEGIN`` and ``COMMIT`` cost no round trip, in a short transaction.
+    """
+    bind = session.get_bind()
+    joins_caller = session.info.get(_TRANSACTION_DEPTH, 0) > 0 or session.get_transaction() is not None
+    if joins_caller or not isinstance(bind, Engine) or bind.dialect.name != "postgresql":
+        with transaction(session) as joined:
+            return list(joined.execute(statement, parameters))
+    with bind.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        return list(connection.execute(statement, parameters))
 
 
 def set_current_profile(profile: ProfileLike) -> None:

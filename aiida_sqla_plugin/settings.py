@@ -51,6 +51,13 @@ def validate_setting_key(key: object) -> str:
 
 
 
+_COLUMNS = DbSetting.__table__.c
+#: Built once: a read then costs one cached statement, not a new expression tree per call.
+_SELECT_ONE = select(_COLUMNS.key, _COLUMNS.val, _COLUMNS.description, _COLUMNS.time).where(
+    _COLUMNS.key == bindparam("key")
+)
+
+
 class SqlaSettingsManager:
     """Read and write settings of one profile's database (default: the current profile).
 
@@ -98,12 +105,12 @@ class SqlaSettingsManager:
     def get(self, key: str) -> Setting:
         """The setting ``key``, or :class:`NotExistent`."""
         validate_setting_key(key)
-        table = DbSetting.__table__
-        statement = select(table.c.key, table.c.val, table.c.description, table.c.time).where(table.c.key == key)
-        with self._missing_table_explained(), self._transaction() as session:
-            row = session.execute(statement).one_or_none()
-        if row is None:
+        session = session_module.get_session_factory(self._profile)()
+        with self._missing_table_explained():
+            rows = session_module.execute_read(session, _SELECT_ONE, {"key": key})
+        if not rows:
             raise NotExistent(f"no setting with key {key!r}")
+        row = rows[0]
         return Setting(row.key, row.val, row.description, row.time)
 
     def set(self, key: str, value: Any, description: str | None = None) -> None:

@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +41,9 @@ from aiida_sqla_plugin.graph import delete_nodes, get_ancestors, get_descendants
 from aiida_sqla_plugin.manager import SqlaBackendManager
 from aiida_sqla_plugin.models import DbComputer, DbLink, DbNode, DbUser
 from aiida_sqla_plugin.synthetic import build_graph, node_rows
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peer_table  # noqa: E402  (benchmarks/peer_table.py, beside this script)
 
 PG_ADMIN_URL = make_url(os.environ.get("AIIDA_SQLA_BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"))
 #: Nodes stored one by one through the ORM for the baseline (kept small: it is slow by design).
@@ -499,6 +503,33 @@ def peer_run(dialect: str, nodes: int, seed: int, repeat: int) -> dict[str, Any]
     return result
 
 
+def aiida_core_run(python: str, dialect: str, nodes: int, seed: int) -> dict[str, Any]:
+    """aiida-core's side of the peer comparison, in the same run: the shared script under ``python``.
+
+    ``python`` is the interpreter of a virtual environment holding aiida-core (its pins differ from ours). The
+    script gets a scratch folder of its own and, for PostgreSQL, a uniquely named database it creates itself.
+    """
+    script = PEER_BENCH_DIR / "aiida_peer_bench.py"
+    backend = "psql_dos" if dialect == "postgresql" else "sqlite_dos"
+    with contextlib.ExitStack() as stack:
+        env = dict(os.environ, PEER_BENCH_DIR=stack.enter_context(tempfile.TemporaryDirectory(prefix="aiida-core-peer-")))
+        if dialect == "postgresql":
+            database = f"aiida_sqla_bench_core_{uuid.uuid4().hex[:10]}"
+            stack.callback(_admin, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            env.update(
+                PEER_PG_HOST=PG_ADMIN_URL.host or "127.0.0.1", PEER_PG_PORT=str(PG_ADMIN_URL.port or 5432),
+                PEER_PG_USER=PG_ADMIN_URL.username or "postgres", PEER_PG_PASSWORD=PG_ADMIN_URL.password or "",
+                PEER_PG_DB=database,
+            )
+        command = [python, str(script), "--backend", backend, "--nodes", str(nodes), "--seed", str(seed)]
+        completed = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        raise SystemExit(f"aiida-core's side failed ({' '.join(command)}):\n{completed.stderr[-3000:]}")
+    aiida = json.loads(completed.stdout.strip().splitlines()[-1])
+    return {"benchmark": "peer-aiida-core", "dialect": dialect, "nodes": nodes, "seed": seed,
+            "versions": aiida["versions"], "timings": aiida["timings"], "checks": aiida["checks"]}
+
+
 def closure_links_run(dialect: str, nodes: int, seed: int) -> dict[str, Any]:
     """Store the shared graph's links in two batches (90%, then the last 10%) three ways, same run: without the
     closure, with it through ``bulk_insert`` (set-based waves) and with it through a plain Core insert (the
@@ -554,20 +585,34 @@ def main(argv: list[str] | None = None) -> int:
         "--graph", choices=("synthetic", "peer"), default="synthetic",
         help="peer: the shared comparison graph of ../shared/bench/ (seed 42 unless --seed is given)",
     )
+    parser.add_argument(
+        "--aiida-python", metavar="PYTHON",
+        help="with --graph peer: also run aiida-core's side (the shared script) under this interpreter, same run, "
+        "and print the comparison table (benchmarks/peer_table.py) to stderr at the end",
+    )
     args = parser.parse_args(argv)
     dialects = ("sqlite", "postgresql") if args.dialect == "both" else (args.dialect,)
     machine = machine_facts()
+    peer_seed = 42 if args.seed == 0 else args.seed
+    printed: list[dict[str, Any]] = []
     for dialect in dialects:
+        results: list[dict[str, Any]] = []
         if args.graph == "peer" and args.closure_links:
-            result = closure_links_run(dialect, args.nodes, 42 if args.seed == 0 else args.seed)
+            results.append(closure_links_run(dialect, args.nodes, peer_seed))
         elif args.graph == "peer":
-            result = peer_run(dialect, args.nodes, 42 if args.seed == 0 else args.seed, args.repeat)
+            results.append(peer_run(dialect, args.nodes, peer_seed, args.repeat))
+            if args.aiida_python:
+                results.append(aiida_core_run(args.aiida_python, dialect, args.nodes, peer_seed))
         elif args.statistics_only:
-            result = statistics_run(dialect, args.nodes, args.seed, args.repeat)
+            results.append(statistics_run(dialect, args.nodes, args.seed, args.repeat))
         else:
-            result = graph_run(dialect, args.nodes, args.seed, args.repeat, args.orm_nodes)
-        result["machine"] = machine
-        print(json.dumps(result), flush=True)
+            results.append(graph_run(dialect, args.nodes, args.seed, args.repeat, args.orm_nodes))
+        for result in results:
+            result["machine"] = machine
+            print(json.dumps(result), flush=True)
+        printed.extend(results)
+    if args.graph == "peer" and args.aiida_python:
+        print(peer_table.render(printed), file=sys.stderr)
     return 0
 
 

@@ -327,7 +327,7 @@ def test_cli_import_and_export(database_url: Any, dialect: str, tmp_path: Path, 
     backend = SqlaBackend(aiida_sqla_plugin.Profile(name="p", storage_config={"url": database_url.render_as_string(hide_password=False)}))
     assert _counts(backend)["db_dbnode"] == 10
     assert len(list(object_store_for(backend).keys())) == 16
-    refused = invoke("archive", "import", str(ARCHIVES / "empty.aiida"), code=1)
+    refused = invoke("archive", "import", str(ARCHIVES / "empty.aiida"), code=15)
     assert "supported archive versions" in refused.stderr and "Traceback" not in refused.stderr
     exported = json.loads(invoke("archive", "export", str(tmp_path / "out.aiida"), "--groups", "imported", "--json").stdout)
     assert exported["counts"]["db_dbnode"] == 10 and exported["objects"] == 16

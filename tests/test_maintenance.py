@@ -289,6 +289,7 @@ def test_backup_while_four_writers_run(backend: SqlaBackend, user, dialect: str,
 
 def test_killed_backup_leaves_nothing_that_looks_complete(backend: SqlaBackend, tmp_path: Path):
     import signal
+    import socket
     import subprocess
     import sys
     import time
@@ -299,12 +300,25 @@ def test_killed_backup_leaves_nothing_that_looks_complete(backend: SqlaBackend, 
         "from aiida_sqla_plugin.maintenance import backup\n"
         "backup(aiida_sqla_plugin.Profile('k', 'sqlalchemy', {'url': sys.argv[1]}), sys.argv[2])\n"
     )
-    process = subprocess.Popen([sys.executable, "-c", script, backend.profile.storage_config["url"], str(tmp_path / "b")])
-    time.sleep(0.3)
+    dest = tmp_path / "b"
+    process = subprocess.Popen([sys.executable, "-c", script, backend.profile.storage_config["url"], str(dest)])
+    deadline = time.monotonic() + 60
+    while not (dest.is_dir() and any(path.name.startswith(".tmp-") for path in dest.iterdir())):
+        assert process.poll() is None and time.monotonic() < deadline, "the backup did not start (or finished at once)"
+        time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert list_backups(tmp_path / "b") == []
-    assert not (tmp_path / "b" / LAST_BACKUP_LINK).exists()
+    assert list_backups(dest) == []
+    assert not (dest / LAST_BACKUP_LINK).exists()
+    (abandoned,) = [path for path in dest.iterdir() if path.name.startswith(".tmp-")]
+    elsewhere = dest / f".tmp-20260101T000000Z@not-{socket.gethostname()}@{process.pid}"
+    running = dest / f".tmp-20260101T000000Z@{socket.gethostname()}@{os.getpid()}"
+    elsewhere.mkdir()
+    running.mkdir()
+    finished = backup(backend.profile, dest)  # the next backup clears what the killed one left
+    assert list_backups(dest) == [finished]
+    assert not abandoned.exists()
+    assert elsewhere.is_dir() and running.is_dir()  # another host's, or a live process's: maybe still in progress
 
 
 def test_an_older_pg_dump_is_refused_naming_the_package(backend: SqlaBackend, dialect: str, tmp_path: Path,

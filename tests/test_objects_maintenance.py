@@ -1,20 +1,25 @@
 """The object store in backups, restores, backup verification and maintenance, on both dialects."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import inspect, select, update
 
 import aiida_sqla_plugin
 from aiida_sqla_plugin.backend import SqlaBackend
 from aiida_sqla_plugin.exceptions import BackupError
 from aiida_sqla_plugin.maintenance import MANIFEST_NAME, backup, list_backups, maintain, restore, verify_backup
 from aiida_sqla_plugin.models import DbNode
+from aiida_sqla_plugin import session as session_module
 from aiida_sqla_plugin.objectstore import ObjectStore, object_store_for
+from aiida_sqla_plugin.profile import sqlite_file
+from aiida_sqla_plugin.reports import count_entities
 from aiida_sqla_plugin.synthetic import build_graph
 
 from helpers import new_profile
@@ -125,3 +130,33 @@ def test_cli_maintain_reports_unreferenced_objects(backend: SqlaBackend, tmp_pat
     assert json.loads(invoke("storage", "maintain", "--full", "--dry-run", "--json"))["objects_removed"] == 0
     assert ", 1 removed" in invoke("storage", "maintain", "--full")
     assert set(object_store_for(backend).keys()) == referenced
+
+
+def test_restore_whose_objects_fail_leaves_the_database_empty_and_runs_again(
+    backend: SqlaBackend, dialect: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    referenced, _ = _with_objects(backend)
+    folder = backup(backend.profile, tmp_path / "backups")
+    target = new_profile(dialect, tmp_path, request)
+    put = ObjectStore.put
+    calls = []
+
+    def put_until_full(self: ObjectStore, stream: Any, expected_key: str | None = None) -> str:
+        calls.append(expected_key)
+        if len(calls) == 2:  # the disk fills up on the second object
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return put(self, stream, expected_key)
+
+    monkeypatch.setattr(ObjectStore, "put", put_until_full)
+    with pytest.raises(OSError, match="No space left"):
+        restore(folder, target)
+    monkeypatch.setattr(ObjectStore, "put", put)
+    # the database was not restored half-way
+    if dialect == "sqlite":
+        assert not Path(str(sqlite_file(target))).exists()
+    else:
+        with session_module.get_engine(target).connect() as connection:
+            assert inspect(connection).get_table_names() == []
+    restore(folder, target)  # the same call again, once there is room
+    assert count_entities(session_module.get_engine(target)) == count_entities(backend.engine)
+    assert _hashes(object_store_for(target)) == {key: key for key in referenced}

@@ -221,6 +221,7 @@ def test_read_only_profile_reads_everything(read_only_backend: SqlaBackend) -> N
 
 def test_read_only_profile_cannot_write_or_migrate(read_only_backend: SqlaBackend) -> None:
     user = user_pk(read_only_backend)
+    assert SqlaSettingsManager(read_only_backend.profile).get("analysis_key").value == {"v": 1}  # a pooled read first
     with pytest.raises(ReadOnlyStorage, match='"read_only": true'):
         with read_only_backend.transaction() as session:
             session.add(DbNode(node_type="data.core.int.Int.", user_id=user, attributes={}))

@@ -163,6 +163,21 @@ def test_settings_join_the_callers_block_and_roll_back_with_it(backend, user):
     assert count_rows(backend, DbSetting, DbSetting.key == "committed") == 1
 
 
+def test_reads_outside_a_block_leave_the_next_block_atomic(backend, user):
+    """A read outside any block is its own transaction (PostgreSQL: in autocommit, one round trip); the pooled
+    connection it used must come back transactional, so a later failing block still loses all of its work."""
+    settings = backend.settings
+    settings.set("kept", 1)
+    for attempt in range(3):  # the reads and blocks go round the pool's connections
+        assert settings.get("kept").value == 1
+        with pytest.raises(Boom), backend.transaction(write=True):
+            settings.set("kept", attempt + 2)
+            backend.bulk_insert(DbNode, node_rows(user.id, 2))
+            raise Boom
+        assert settings.get("kept").value == 1
+        assert count_rows(backend, DbNode) == 0
+
+
 def test_creation_statistics_see_the_callers_uncommitted_nodes(backend, user):
     statistics = SqlaQueryManager(backend)
     with pytest.raises(Boom), backend.transaction(write=True):

@@ -37,6 +37,7 @@ from ..exceptions import (
     UnreachableStorage,
     error_line,
 )
+from ..archive import ArchiveImportError
 from ..manager import SchemaReport
 from ..plugins import LoadedBackend, load_backend
 from ..profile import Profile
@@ -62,6 +63,7 @@ EXIT_FOREIGN = 11
 EXIT_READ_ONLY = 12
 EXIT_STORAGE_FULL = 13
 EXIT_POOL_EXHAUSTED = 14
+EXIT_BAD_ARCHIVE = 15
 #: Exit codes of every command, as documented in ``--help`` and the README.
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success (storage version: the database schema matches the code)",
@@ -79,6 +81,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_READ_ONLY: "the storage is read-only (the profile's \"read_only\" flag, or a read-only SQLite file or directory)",
     EXIT_STORAGE_FULL: "the disk holding the database is full (the failed write was rolled back)",
     EXIT_POOL_EXHAUSTED: "no free connection in the process's pool within pool_timeout (raise pool_size/max_overflow)",
+    EXIT_BAD_ARCHIVE: "archive import refused (unsupported version, unreadable file or invalid entry): nothing imported",
 }
 
 
@@ -257,6 +260,7 @@ ERROR_EXIT_CODES: tuple[tuple[type[BaseException] | tuple[type[BaseException], .
     (OptionConflict, EXIT_USAGE),
     (ConfigurationError, EXIT_CONFIGURATION),
     (DrawingTooLarge, EXIT_TOO_LARGE),
+    (ArchiveImportError, EXIT_BAD_ARCHIVE),
 )
 
 

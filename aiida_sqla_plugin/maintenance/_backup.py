@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -223,6 +224,32 @@ def _link_last(dest: Path, name: str) -> None:
     os.replace(temporary, dest / LAST_BACKUP_LINK)
 
 
+#: A backup being written: ``.tmp-<name>@<host>@<pid>``, renamed to ``<name>`` once complete.
+_TEMPORARY = re.compile(r"^\.tmp-.+@(?P<host>[^@]+)@(?P<pid>\d+)$")
+
+
+def _temporary_name(name: str) -> str:
+    return f".tmp-{name}@{socket.gethostname()}@{os.getpid()}"
+
+
+def _remove_abandoned(dest: Path) -> None:
+    """Remove the temporary folders of backups whose process died on this host (killed, or the machine reset).
+
+    A folder of another host, or of a process that still runs, is left alone: it may be a backup in progress.
+    """
+    host = socket.gethostname()
+    for path in dest.iterdir():
+        match = _TEMPORARY.match(path.name)
+        if match is None or match["host"] != host or not path.is_dir():
+            continue
+        try:
+            os.kill(int(match["pid"]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass  # the process exists (of another user)
+
+
 def _prune(dest: Path, keep: int) -> None:
     for old in list_backups(dest)[:-keep]:
         shutil.rmtree(old)
@@ -238,8 +265,9 @@ def backup(profile: ProfileLike, dest: Path | str, *, keep: int | None = None, p
         raise BackupError(f"keep must be at least 1, got {keep}")
     root = Path(dest)
     root.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(root)
     name = _new_name(root)
-    temporary = root / f".tmp-{name}-{os.getpid()}"
+    temporary = root / _temporary_name(name)
     temporary.mkdir()
     url = database_url(profile)
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -336,11 +364,22 @@ def _require_empty_postgres(url: URL, profile: ProfileLike) -> int:
     return major
 
 
+def _empty_sqlite_target(profile: ProfileLike) -> Path:
+    """The SQLite file to restore into; :class:`BackupError` if it exists already."""
+    path = sqlite_file(profile)
+    if path is None:
+        raise ConfigurationError(f"Profile {profile.name!r}: cannot restore into an in-memory database")
+    if path.exists() and path.stat().st_size > 0:
+        raise BackupError(f"the SQLite file {path} of profile {profile.name!r} exists; restore into a new file")
+    return path
+
+
 def restore(backup_path: Path | str, target_profile: ProfileLike, *, progress: ProgressCallback | None = None) -> None:
     """Restore a backup into an empty profile (a new SQLite file or an empty PostgreSQL database).
 
-    Checks the backup's hashes first, migrates a restored schema older than the code, checks the counts against
-    the manifest, then puts the backup's objects into the target profile's object store. :class:`BackupError` when the backup is damaged, of another dialect, or the target not empty.
+    Checks the backup's hashes and that the target is empty first, puts the backup's objects into the target
+    profile's object store, restores the database, migrates a restored schema older than the code and checks the
+    counts against the manifest. :class:`BackupError` when the backup is damaged, of another dialect, or the target not empty.
     """
     folder = Path(backup_path).resolve()
     verify_backup(folder)
@@ -350,17 +389,18 @@ def restore(backup_path: Path | str, target_profile: ProfileLike, *, progress: P
     if dialect != manifest["dialect"]:
         raise BackupError(f"the backup is of a {manifest['dialect']} database, profile {target_profile.name!r} uses {dialect}; choose a {manifest['dialect']} profile")
     report(progress, "restore", 0, 3)
-    if dialect == "sqlite":
-        path = sqlite_file(target_profile)
-        if path is None:
-            raise ConfigurationError(f"Profile {target_profile.name!r}: cannot restore into an in-memory database")
-        if path.exists() and path.stat().st_size > 0:
-            raise BackupError(f"the SQLite file {path} of profile {target_profile.name!r} exists; restore into a new file")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _copy_sqlite(folder / SQLITE_FILE, path)
-    else:
+    sqlite_target = _empty_sqlite_target(target_profile) if dialect == "sqlite" else None
+    if sqlite_target is None:
         major = _require_empty_postgres(url, target_profile)
         _check_client("pg_restore", major)
+    # Objects first: should this fail (a full disk), the database is still empty and restore can simply be run
+    # again; objects already put are kept (content-addressed), and unreferenced ones are what 'maintain' removes.
+    backed_up = ObjectStore(folder / OBJECTS_FOLDER)
+    _copy_objects(backed_up, object_store_for(target_profile), set(backed_up.keys()), target_profile.name)
+    if sqlite_target is not None:
+        sqlite_target.parent.mkdir(parents=True, exist_ok=True)
+        _copy_sqlite(folder / SQLITE_FILE, sqlite_target)
+    else:
         _run_tool(["pg_restore", "--no-owner", "--no-acl", "--single-transaction", "--exit-on-error", "-d", url.database or "",
                    str(folder / PG_DUMP_FILE)], _pg_environment(url), "pg_restore")
     report(progress, "restore", 1, 3)
@@ -371,6 +411,4 @@ def restore(backup_path: Path | str, target_profile: ProfileLike, *, progress: P
     counts = count_entities(session_module.get_engine(target_profile))
     if counts != manifest["counts"]:
         raise BackupError(f"restored counts {counts} differ from the backup's {manifest['counts']}; the backup is unusable")
-    backed_up = ObjectStore(folder / OBJECTS_FOLDER)
-    _copy_objects(backed_up, object_store_for(target_profile), set(backed_up.keys()), target_profile.name)
     report(progress, "restore", 3, 3)
