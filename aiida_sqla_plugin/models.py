@@ -11,6 +11,7 @@ import uuid as uuid_module
 from typing import Any, cast
 
 from sqlalchemy import (
+    DDL,
     JSON,
     BigInteger,
     Boolean,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     Uuid,
+    event,
     inspect,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -34,6 +36,8 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = (
+    "CREATION_DAY_DDL",
+    "UTC_CREATION_DAY",
     "Base",
     "DbAuthInfo",
     "DbComment",
@@ -214,6 +218,29 @@ class DbNode(Base):
 
     user: Mapped[DbUser] = relationship()
     dbcomputer: Mapped[DbComputer | None] = relationship()
+
+
+#: A node's UTC creation day as SQL over ``db_dbnode``: the text 'YYYY-MM-DD' on SQLite (times are stored as UTC
+#: text), a date on PostgreSQL. The creation statistics group by exactly this text, and the schema object below is
+#: keyed on it, so the two must stay equal (SQLite matches an expression index only against an identical expression).
+UTC_CREATION_DAY = {"sqlite": "substr(ctime, 1, 10)", "postgresql": "CAST(timezone('UTC', ctime) AS DATE)"}
+#: Per dialect, (create, drop) of what makes the creation statistics fast. SQLite has no hash aggregate: an index in
+#: (day, type, user) order turns the GROUP BY into one ordered index scan. PostgreSQL's planner never chose such an
+#: index over a parallel heap scan; what it lacked was the number of distinct (day, type) pairs (it sorted 1M rows
+#: on disk instead of hashing 200 groups), which ndistinct statistics give it at no cost to inserts.
+CREATION_DAY_DDL = {
+    "sqlite": (
+        f"CREATE INDEX ix_db_dbnode_creation_day ON db_dbnode ({UTC_CREATION_DAY['sqlite']}, node_type, user_id)",
+        "DROP INDEX ix_db_dbnode_creation_day",
+    ),
+    "postgresql": (
+        "CREATE STATISTICS st_db_dbnode_creation_day (ndistinct) "
+        f"ON ({UTC_CREATION_DAY['postgresql']}), node_type FROM db_dbnode",
+        "DROP STATISTICS st_db_dbnode_creation_day",
+    ),
+}
+for _dialect, (_create, _) in CREATION_DAY_DDL.items():  # create_all of a new database; main_0003 for older ones
+    event.listen(table_of(DbNode), "after_create", DDL(_create).execute_if(dialect=_dialect))
 
 
 class DbLink(Base):

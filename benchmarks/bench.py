@@ -4,6 +4,7 @@ Each run builds the synthetic graph of ``--nodes`` nodes in a fresh database and
 
     python benchmarks/bench.py --nodes 100000 --dialect both
     python benchmarks/bench.py --statistics-only --nodes 1000000 --dialect postgresql
+    python benchmarks/bench.py --statistics-only --graph peer --dialect both  # the peer graph's nodes only
 
 PostgreSQL databases are created through ``AIIDA_SQLA_BENCH_PG_URL`` (default: the tests' admin URL,
 ``postgresql+psycopg2://postgres@127.0.0.1:5432/postgres``) and dropped afterwards; SQLite files live in a
@@ -412,6 +413,24 @@ def _peer_store(backend: SqlaBackend, peer: Any, graph: dict[str, Any]) -> tuple
     return nodes_seconds, links_seconds, ids
 
 
+def peer_statistics_run(dialect: str, nodes: int, seed: int, repeat: int) -> dict[str, Any]:
+    """Only the nodes of the shared comparison graph (no links): the creation statistics row of issue #11."""
+    peer = _peer_module()
+    graph = peer.make_graph(nodes, seed)
+    result: dict[str, Any] = {"benchmark": "peer-statistics", "dialect": dialect, "nodes": nodes, "seed": seed}
+    with fresh_backend(dialect, "bench-peer-stats") as backend:
+        (user,) = bulk_insert(backend, DbUser, [{"email": "peer@example.org"}])
+        rows = peer.aiida_node_rows(graph, user)
+        result["store_nodes_seconds"] = _round(timed(lambda: bulk_insert(backend, DbNode, rows))[0])
+        backend.close()
+        first_seconds, statistics = timed(backend.query_manager.get_creation_statistics)
+        best_seconds, statistics = best(backend.query_manager.get_creation_statistics, repeat)
+        assert statistics["total"] == nodes
+        result.update(statistics_first_seconds=_round(first_seconds), statistics_seconds=_round(best_seconds),
+                      days=len(statistics["ctime_by_day"]), types=len(statistics["types"]))
+    return result
+
+
 def _settings_seconds(backend: SqlaBackend) -> tuple[float, float]:
     settings = backend.settings
     settings.set("bench_key", {"value": 0})
@@ -576,7 +595,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3, help="runs per timed query; the best is reported")
     parser.add_argument("--orm-nodes", type=int, default=ORM_BASELINE_NODES, help="nodes for the ORM baseline (0: skip)")
-    parser.add_argument("--statistics-only", action="store_true", help="store nodes only and time the statistics")
+    parser.add_argument(
+        "--statistics-only", action="store_true", help="store nodes only and time the statistics (with --graph peer: its nodes)"
+    )
     parser.add_argument(
         "--closure-links", action="store_true",
         help="with --graph peer: store the links with the closure set-based, through the triggers and without it",
@@ -599,6 +620,8 @@ def main(argv: list[str] | None = None) -> int:
         results: list[dict[str, Any]] = []
         if args.graph == "peer" and args.closure_links:
             results.append(closure_links_run(dialect, args.nodes, peer_seed))
+        elif args.graph == "peer" and args.statistics_only:
+            results.append(peer_statistics_run(dialect, args.nodes, peer_seed, args.repeat))
         elif args.graph == "peer":
             results.append(peer_run(dialect, args.nodes, peer_seed, args.repeat))
             if args.aiida_python:

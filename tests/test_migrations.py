@@ -1,6 +1,7 @@
 """Alembic migrations: same schema as ``create_all``, up and down, version checks, locks and failures."""
 from __future__ import annotations
 
+import datetime
 import inspect as pyinspect
 import multiprocessing
 import shutil
@@ -19,13 +20,15 @@ import aiida_sqla_plugin
 from aiida_sqla_plugin import get_engine
 from aiida_sqla_plugin import manager as manager_module
 from aiida_sqla_plugin.backend import SqlaBackend
+from aiida_sqla_plugin.bulk import bulk_insert
 from aiida_sqla_plugin.exceptions import DatabaseMigrationError, IncompatibleDatabaseSchema, SchemaAhead, ValidationError
 from aiida_sqla_plugin.manage import alembic_command_names, execute_alembic_command
 from aiida_sqla_plugin.manager import SqlaBackendManager, new_alembic_config
-from aiida_sqla_plugin.models import Base
+from aiida_sqla_plugin.models import Base, DbNode, DbUser
+from aiida_sqla_plugin.queries import SqlaQueryManager
 from aiida_sqla_plugin.session import sqlite_write_options
 
-FIRST, HEAD = "main_0001", "main_0002"
+FIRST, CLOSURE, HEAD = "main_0001", "main_0002", "main_0003"
 
 
 def snapshot(connection: Connection) -> dict[str, dict[str, Any]]:
@@ -70,6 +73,16 @@ def metadata_diffs() -> list[Any]:
         return compare_metadata(context, Base.metadata)
 
 
+def has_creation_day_schema() -> bool:
+    """Whether the database holds the creation-day index (SQLite) or statistics (PostgreSQL) of main_0003."""
+    with get_engine().connect() as connection:
+        if connection.dialect.name == "sqlite":
+            query = "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'ix_db_dbnode_creation_day'"
+        else:
+            query = "SELECT count(*) FROM pg_statistic_ext WHERE stxname = 'st_db_dbnode_creation_day'"
+        return connection.exec_driver_sql(query).scalar_one() == 1
+
+
 def revision(backend: SqlaBackend) -> str | None:
     return backend.backend_manager.get_schema_version_database()
 
@@ -78,7 +91,7 @@ def test_upgrade_from_empty_equals_create_all(empty_backend: SqlaBackend) -> Non
     execute_alembic_command("upgrade", revision="head")
     assert revision(empty_backend) == HEAD
     upgraded = current_snapshot()
-    assert metadata_diffs() == []
+    assert metadata_diffs() == [] and has_creation_day_schema()
 
     execute_alembic_command("downgrade", revision="base")
     assert revision(empty_backend) is None
@@ -88,7 +101,7 @@ def test_upgrade_from_empty_equals_create_all(empty_backend: SqlaBackend) -> Non
     assert applied == [HEAD]
     created = current_snapshot()
     assert created == upgraded
-    assert metadata_diffs() == []
+    assert metadata_diffs() == [] and has_creation_day_schema()
 
     execute_alembic_command("downgrade", revision="base")  # a create_all schema downgrades too
     assert current_snapshot() == {}
@@ -116,7 +129,7 @@ def test_schema_has_the_aiida_rules(backend: SqlaBackend) -> None:
 def test_each_revision_goes_up_and_down(empty_backend: SqlaBackend) -> None:
     script = ScriptDirectory.from_config(new_alembic_config())
     revisions = [script.revision for script in reversed(list(script.walk_revisions()))]
-    assert revisions == [FIRST, HEAD]
+    assert revisions == [FIRST, CLOSURE, HEAD]
     seen = [current_snapshot()]
     for step in revisions:
         execute_alembic_command("upgrade", revision=step)
@@ -126,6 +139,26 @@ def test_each_revision_goes_up_and_down(empty_backend: SqlaBackend) -> None:
         assert current_snapshot() == seen[-2]
         execute_alembic_command("upgrade", revision=step)
         assert current_snapshot() == seen[-1]
+
+
+def test_creation_day_revision_up_and_down_keeps_the_statistics(empty_backend: SqlaBackend) -> None:
+    execute_alembic_command("upgrade", revision=CLOSURE)
+    assert not has_creation_day_schema()
+    users = bulk_insert(empty_backend, DbUser, [{"email": "a@example.org"}, {"email": "b@example.org"}])
+    start = datetime.datetime(2024, 5, 1, 22, tzinfo=datetime.timezone.utc)
+    bulk_insert(empty_backend, DbNode, [
+        {"node_type": f"data.core.t{number % 3}.", "user_id": users[number % 2], "ctime": start + datetime.timedelta(hours=number)}
+        for number in range(200)
+    ])
+    manager = SqlaQueryManager(empty_backend)
+    before = [manager.get_creation_statistics(user) for user in (None, *users)]
+    assert before[0]["total"] == 200 and len(before[0]["ctime_by_day"]) == 10
+    execute_alembic_command("upgrade", revision=HEAD)
+    assert has_creation_day_schema()
+    assert [manager.get_creation_statistics(user) for user in (None, *users)] == before
+    execute_alembic_command("downgrade", revision=CLOSURE)
+    assert not has_creation_day_schema() and revision(empty_backend) == CLOSURE
+    assert [manager.get_creation_statistics(user) for user in (None, *users)] == before
 
 
 def test_every_revision_has_a_downgrade() -> None:
@@ -167,8 +200,8 @@ def test_database_behind_the_code(empty_backend: SqlaBackend) -> None:
     with pytest.raises(IncompatibleDatabaseSchema, match=f"{FIRST} is behind.*storage migrate"):
         manager.validate_schema(empty_backend.profile)
     steps: list[tuple[str | None, str]] = []
-    assert manager.migrate(on_revision=lambda old, new: steps.append((old, new))) == [HEAD]
-    assert steps == [(FIRST, HEAD)]
+    assert manager.migrate(on_revision=lambda old, new: steps.append((old, new))) == [CLOSURE, HEAD]
+    assert steps == [(FIRST, CLOSURE), (CLOSURE, HEAD)]
     manager.validate_schema(empty_backend.profile)
     assert manager.migrate() == []  # nothing left to do
     assert metadata_diffs() == []
@@ -177,7 +210,7 @@ def test_database_behind_the_code(empty_backend: SqlaBackend) -> None:
 def test_set_schema_version_database(backend: SqlaBackend) -> None:
     manager = backend.backend_manager
     before = current_snapshot()
-    with pytest.raises(DatabaseMigrationError, match="'main_9999'.*known revisions: main_0002, main_0001"):
+    with pytest.raises(DatabaseMigrationError, match="'main_9999'.*known revisions: main_0003, main_0002, main_0001"):
         manager.set_schema_version_database("main_9999")
     assert manager.get_schema_version_database() == HEAD
     manager.set_schema_version_database(FIRST)  # stamps only
@@ -212,7 +245,8 @@ def test_concurrent_migrations_run_each_revision_once(empty_backend: SqlaBackend
     for process in processes:
         process.join(60)
     assert [process.exitcode for process in processes] == [0, 0]
-    assert sorted(applied, key=len) == [[], [HEAD]]  # one process migrated, the other found nothing to do
+    expected = [HEAD] if start_revision is None else [CLOSURE, HEAD]
+    assert sorted(applied, key=len) == [[], expected]  # one process migrated, the other found nothing to do
     assert revision(empty_backend) == HEAD
     assert metadata_diffs() == []
     empty_backend.backend_manager.validate_schema()
@@ -246,14 +280,14 @@ def test_migration_lock_timeout(empty_backend: SqlaBackend, dialect: str) -> Non
 FAILING_REVISION = '''
 """A revision that fails half-way.
 
-Revision ID: main_0003
-Revises: main_0002
+Revision ID: main_0004
+Revises: main_0003
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "main_0003"
-down_revision = "main_0002"
+revision = "main_0004"
+down_revision = "main_0003"
 branch_labels = None
 depends_on = None
 
@@ -273,11 +307,11 @@ def test_failed_revision_leaves_the_last_good_one(
 ) -> None:
     migrations = tmp_path / "migrations"
     shutil.copytree(manager_module.migrations_directory(), migrations, ignore=shutil.ignore_patterns("__pycache__"))
-    (migrations / "versions" / "main_0003_failing.py").write_text(textwrap.dedent(FAILING_REVISION))
+    (migrations / "versions" / "main_0004_failing.py").write_text(textwrap.dedent(FAILING_REVISION))
     monkeypatch.setattr(manager_module, "migrations_directory", lambda: str(migrations))
     execute_alembic_command("upgrade", revision=FIRST)
     manager = empty_backend.backend_manager
-    assert manager.get_schema_version_code() == "main_0003"
+    assert manager.get_schema_version_code() == "main_0004"
 
     with pytest.raises(DatabaseMigrationError, match=f"migration from {FIRST} failed.*disk on fire"):
         manager.migrate()
@@ -288,7 +322,7 @@ def test_failed_revision_leaves_the_last_good_one(
     else:  # SQLite migrates in one transaction
         assert revision(empty_backend) == FIRST and "db_dbpath" not in tables
 
-    (migrations / "versions" / "main_0003_failing.py").unlink()  # the fix
+    (migrations / "versions" / "main_0004_failing.py").unlink()  # the fix
     manager.migrate()
     assert revision(empty_backend) == HEAD
     manager.validate_schema()
@@ -302,7 +336,7 @@ def test_execute_alembic_command(empty_backend: SqlaBackend, capsys: pytest.Capt
     execute_alembic_command("heads")
     assert f"{HEAD} (head)" in capsys.readouterr().out
     execute_alembic_command("history")
-    assert f"{FIRST} -> {HEAD}" in capsys.readouterr().out
+    assert f"{CLOSURE} -> {HEAD}" in capsys.readouterr().out
     execute_alembic_command("stamp", revision=HEAD)
     assert revision(empty_backend) == HEAD
     assert "db_dbpath" not in current_snapshot()  # stamped, not migrated
