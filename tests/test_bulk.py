@@ -138,6 +138,61 @@ def test_chunks_and_progress(backend, user, monkeypatch):
     assert calls == [("store db_dbnode", done, 8) for done in (0, 3, 6, 8)]
 
 
+def test_rows_with_different_keys_in_one_chunk(backend, user, monkeypatch):
+    monkeypatch.setattr(bulk, "CHUNK_SIZE", 4)
+    time = datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+    rows = [
+        {"user_id": user.id, "node_type": "a", "label": "reordered"},
+        {"node_type": "b", "user_id": user.id, "ctime": time},
+        {"node_type": "c", "user_id": user.id, "process_type": None, "extras": {"k": [1]}},
+        *node_rows(user.id, 3),
+    ]
+    ids = bulk_insert(backend, DbNode, rows)
+    nodes = [reader(backend).get(DbNode, pk) for pk in ids]
+    assert [node.node_type for node in nodes[:3]] == ["a", "b", "c"] and nodes[0].label == "reordered"
+    assert nodes[1].ctime == time and nodes[2].extras == {"k": [1]} and nodes[0].extras == {}
+    assert len({node.uuid for node in nodes}) == 6 and [node.attributes for node in nodes[3:]] == [{"value": i} for i in range(3)]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        # a bad value before a bad set of keys, in one chunk, and the other way round
+        ({5: {"label": 7}, 6: {"colour": "red"}}, r"row 5: field 'label' must be a string"),
+        ({5: {"colour": "red"}, 6: {"label": 7}}, r"row 5: unknown field 'colour'"),
+        # within one row, the first bad field in field order; across chunks, the first chunk with a bad row
+        ({4: {"user_id": "1", "node_type": None}}, r"row 4: field 'node_type' may not be None"),
+        ({2: {"label": "x" * 300}, 6: {"node_type": 1}}, r"row 2: field 'label' is longer than 255"),
+        ({7: {"label": "\ud800"}}, r"row 7: field 'label' contains '\\ud800', a lone surrogate"),
+    ],
+)
+def test_the_first_bad_row_is_named(backend, user, monkeypatch, changes, message):
+    monkeypatch.setattr(bulk, "CHUNK_SIZE", 4)
+    rows = node_rows(user.id, 8)
+    for index, change in changes.items():
+        rows[index].update(change)
+    with pytest.raises(ValidationError, match=message):
+        bulk_insert(backend, DbNode, rows)
+    assert count_rows(backend, DbNode) == 0
+
+
+def test_times_are_stored_as_the_orm_stores_them(backend, user):
+    times = [
+        datetime.datetime(2024, 1, 1, tzinfo=UTC),
+        datetime.datetime(5, 1, 2, 3, 4, 5, tzinfo=datetime.timezone(datetime.timedelta(hours=3))),
+        datetime.datetime(2024, 12, 31, 23, 59, 59, 999999, tzinfo=datetime.timezone(datetime.timedelta(hours=-5, minutes=-30))),
+    ]
+    bulk_ids = bulk_insert(backend, DbNode, node_rows(user.id, 3, node_type="bulk"))
+    bulk_insert(backend, DbComment, [{"dbnode_id": pk, "user_id": user.id, "ctime": t, "mtime": t} for pk, t in zip(bulk_ids, times)])
+    with backend.transaction() as session:
+        for pk, time in zip(bulk_ids, times):
+            session.add(DbComment(dbnode_id=pk, user_id=user.id, ctime=time, mtime=time, content="orm"))
+    with backend.engine.connect() as connection:  # the stored values themselves: text on SQLite, timestamptz on PostgreSQL
+        stored = connection.exec_driver_sql("SELECT content, ctime FROM db_dbcomment ORDER BY id").all()
+    assert [row[1] for row in stored[:3]] == [row[1] for row in stored[3:]] and [row[0] for row in stored[3:]] == ["orm"] * 3
+    assert [comment.ctime for comment in reader(backend).scalars(select(DbComment).order_by(DbComment.id))] == times * 2
+
+
 def test_unknown_entity_lists_the_accepted_ones(backend):
     with pytest.raises(ValidationError, match="DbNode.*db_dbnode.*DbLink") as info:
         bulk_insert(backend, "db_dbsetting", [{"key": "x"}])
