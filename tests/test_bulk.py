@@ -193,6 +193,22 @@ def test_times_are_stored_as_the_orm_stores_them(backend, user):
     assert [comment.ctime for comment in reader(backend).scalars(select(DbComment).order_by(DbComment.id))] == times * 2
 
 
+def test_unknown_link_type_is_refused_by_bulk_insert_and_the_orm(backend, user):
+    user_id = user.id
+    nodes = bulk_insert(backend, DbNode, node_rows(user_id, 2))
+    links = [
+        {"input_id": nodes[0], "output_id": nodes[1], "label": "x", "type": "create"},
+        {"input_id": nodes[0], "output_id": nodes[1], "label": "y", "type": "input"},
+    ]
+    with pytest.raises(ValidationError, match=r"db_dblink row 1: field 'type' is 'input', not one of: create, return, "):
+        bulk_insert(backend, DbLink, links)
+    with pytest.raises(ValidationError, match=r"DbLink.type is 'input', not one of: create, return, "):
+        with backend.transaction() as session:
+            session.add(DbLink(input_id=nodes[0], output_id=nodes[1], label="y", type="input"))
+    assert count_rows(backend, DbLink) == 0
+    assert len(bulk_insert(backend, DbLink, links[:1])) == 1
+
+
 def test_unknown_entity_lists_the_accepted_ones(backend):
     with pytest.raises(ValidationError, match="DbNode.*db_dbnode.*DbLink") as info:
         bulk_insert(backend, "db_dbsetting", [{"key": "x"}])
