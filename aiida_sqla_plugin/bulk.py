@@ -77,6 +77,11 @@ _MAX_LAYOUTS = 64
 _UTC = datetime.timezone.utc
 #: A UUID as ``str(uuid)`` writes it (any case): taken as text, without building a ``UUID``.
 _CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+#: Newline-terminated canonical UUIDs: a whole column of them checked by one match.
+_CANONICAL_UUIDS = re.compile(f"(?:{_CANONICAL_UUID.pattern}\n)*")
+_TZINFO = operator.attrgetter("tzinfo")
+_ISOFORMAT = operator.methodcaller("isoformat")
+_ISOFORMAT_SPACE = operator.methodcaller("isoformat", " ", "microseconds")
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 _COPY_NULL = "\\N"
 
@@ -368,6 +373,10 @@ def _column_converter(field: _Field, dialect: Dialect, for_copy: bool) -> Callab
     value by value.
     """
     convert = _converter(field, dialect, for_copy)
+    if field.kind == "datetime":
+        return functools.partial(_time_column, convert, for_copy)
+    if field.kind == "uuid":
+        return functools.partial(_uuid_column, convert, for_copy)
     if field.kind not in ("int", "str"):
         return lambda values: list(map(convert, values))
     plain = {int if field.kind == "int" else str} | ({type(None)} if field.nullable else set())
@@ -392,6 +401,25 @@ def _column_converter(field: _Field, dialect: Dialect, for_copy: bool) -> Callab
         return values
 
     return convert_column
+
+
+def _time_column(convert: Callable[[Any], Any], for_copy: bool, values: Sequence[Any]) -> Sequence[Any]:
+    """Times: a column of UTC datetimes is written by built-ins alone (what ``convert`` writes for each)."""
+    if set(map(type, values)) != {datetime.datetime} or set(map(_TZINFO, values)) != {_UTC}:
+        return list(map(convert, values))
+    if for_copy:
+        return list(map(_ISOFORMAT, values))
+    return "\n".join(map(_ISOFORMAT_SPACE, values)).replace("+00:00", "").split("\n")
+
+
+def _uuid_column(convert: Callable[[Any], Any], for_copy: bool, values: Sequence[Any]) -> Sequence[Any]:
+    """UUIDs: a column of canonical UUID strings is checked by one match and converted as one text."""
+    if set(map(type, values)) != {str}:
+        return list(map(convert, values))
+    joined = "\n".join(values)
+    if not _CANONICAL_UUIDS.fullmatch(joined + "\n"):
+        return list(map(convert, values))
+    return (joined if for_copy else joined.replace("-", "")).lower().split("\n")
 
 
 def _prepare(plan: _Plan, rows: Sequence[Mapping[str, Any]], dialect: Dialect, for_copy: bool) -> tuple[_Chunks, dict[int, list[Any]]]:

@@ -176,21 +176,26 @@ def test_the_first_bad_row_is_named(backend, user, monkeypatch, changes, message
     assert count_rows(backend, DbNode) == 0
 
 
-def test_times_are_stored_as_the_orm_stores_them(backend, user):
+@pytest.mark.parametrize("offset", [0, 3], ids=["all UTC", "mixed offsets"])
+def test_times_and_uuids_are_stored_as_the_orm_stores_them(backend, user, offset):
+    zone = datetime.timezone(datetime.timedelta(hours=offset))
     times = [
         datetime.datetime(2024, 1, 1, tzinfo=UTC),
-        datetime.datetime(5, 1, 2, 3, 4, 5, tzinfo=datetime.timezone(datetime.timedelta(hours=3))),
-        datetime.datetime(2024, 12, 31, 23, 59, 59, 999999, tzinfo=datetime.timezone(datetime.timedelta(hours=-5, minutes=-30))),
+        datetime.datetime(5, 1, 2, 3, 4, 5, tzinfo=zone),
+        datetime.datetime(2024, 12, 31, 23, 59, 59, 999999, tzinfo=datetime.timezone(datetime.timedelta(hours=-offset))),
     ]
-    bulk_ids = bulk_insert(backend, DbNode, node_rows(user.id, 3, node_type="bulk"))
-    bulk_insert(backend, DbComment, [{"dbnode_id": pk, "user_id": user.id, "ctime": t, "mtime": t} for pk, t in zip(bulk_ids, times)])
+    uuids = [uuid.uuid4() for _ in times]
+    given = [str(uuids[0]).upper(), str(uuids[1]), uuids[2] if offset else str(uuids[2])]
+    pks = bulk_insert(backend, DbNode, [{**row, "uuid": u, "ctime": t} for row, u, t in zip(node_rows(user.id, 3), given, times)])
+    user_id = user.id
     with backend.transaction() as session:
-        for pk, time in zip(bulk_ids, times):
-            session.add(DbComment(dbnode_id=pk, user_id=user.id, ctime=time, mtime=time, content="orm"))
+        session.add_all(DbNode(node_type="orm", user_id=user_id, ctime=t, uuid=uuid.uuid4()) for t in times)
     with backend.engine.connect() as connection:  # the stored values themselves: text on SQLite, timestamptz on PostgreSQL
-        stored = connection.exec_driver_sql("SELECT content, ctime FROM db_dbcomment ORDER BY id").all()
-    assert [row[1] for row in stored[:3]] == [row[1] for row in stored[3:]] and [row[0] for row in stored[3:]] == ["orm"] * 3
-    assert [comment.ctime for comment in reader(backend).scalars(select(DbComment).order_by(DbComment.id))] == times * 2
+        stored = connection.exec_driver_sql("SELECT ctime, uuid FROM db_dbnode ORDER BY id").all()
+    assert [row[0] for row in stored[:3]] == [row[0] for row in stored[3:]]
+    assert [str(row[1]).replace("-", "") for row in stored[:3]] == [u.hex for u in uuids]  # lower case, as the ORM writes
+    assert [node.ctime for node in reader(backend).scalars(select(DbNode).order_by(DbNode.id))] == times * 2
+    assert [reader(backend).get(DbNode, pk).uuid for pk in pks] == uuids
 
 
 def test_unknown_link_type_is_refused_by_bulk_insert_and_the_orm(backend, user):
