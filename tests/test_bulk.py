@@ -6,7 +6,7 @@ import math
 import uuid
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from aiida_sqla_plugin import bulk
@@ -279,6 +279,18 @@ def test_links_to_unknown_nodes_name_the_first_bad_row(backend, user):
         bulk_insert(backend, DbLink, links[:3])
     assert count_rows(backend, DbLink) == 0
     assert len(bulk_insert(backend, DbLink, links[:2])) == 2
+
+
+def test_a_link_to_a_gap_among_existing_nodes_is_refused(backend, user):
+    nodes = bulk_insert(backend, DbNode, node_rows(user.id, 5))
+    backend.get_session().rollback()
+    with backend.engine.begin() as connection:
+        connection.execute(delete(DbNode).where(DbNode.id == nodes[2]))
+    links = [{"input_id": nodes[i], "output_id": nodes[i + 1], "label": "x", "type": "create"} for i in range(4)]
+    with pytest.raises(ValidationError, match=rf"db_dblink row 2: field 'input_id' = {nodes[2]} does not exist"):
+        bulk_insert(backend, DbLink, links)
+    assert count_rows(backend, DbLink) == 0
+    assert len(bulk_insert(backend, DbLink, [links[0], links[3]])) == 2
 
 
 def test_unique_violations_store_nothing(backend, user):
