@@ -35,6 +35,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from .links import LINK_TYPES
+
 __all__ = (
     "CREATION_DAY_DDL",
     "UTC_CREATION_DAY",
@@ -255,7 +257,8 @@ class DbLink(Base):
         ForeignKey("db_dbnode.id", ondelete="CASCADE", deferrable=True, initially="DEFERRED"), index=True
     )
     label: Mapped[str] = mapped_column(String(255), index=True)
-    type: Mapped[str] = mapped_column(String(255), index=True)
+    #: One of :data:`~aiida_sqla_plugin.links.LINK_TYPES`: the ORM flush and ``bulk_insert`` refuse any other.
+    type: Mapped[str] = mapped_column(String(255), index=True, info={"choices": LINK_TYPES})
 
 
 class DbGroup(Base):

@@ -1,12 +1,14 @@
 """Checks that a value reads back exactly as written, on SQLite and on PostgreSQL, before anything is written.
 
 One serialiser, :func:`json_text`, writes every JSON value (settings, JSON columns through the ORM and
-``bulk_insert``); :func:`check_text` checks plain strings; :func:`validate_flush` runs both over the objects of an
-ORM flush, so that a hostile value raises :class:`ValidationError` before the flush sends any SQL.
+``bulk_insert``); :func:`check_text` checks plain strings and :func:`choice_problem` the values of columns with
+``info["choices"]`` (link types); :func:`validate_flush` runs them over the objects of an ORM flush, so that a
+hostile value raises :class:`ValidationError` before the flush sends any SQL.
 """
 from __future__ import annotations
 
 import json
+import json.encoder
 from typing import Any
 
 from sqlalchemy import JSON, String, event, inspect
@@ -14,7 +16,9 @@ from sqlalchemy.orm import Session, UOWTransaction, sessionmaker
 
 from .exceptions import ValidationError
 
-__all__ = ("MAX_JSON_DEPTH", "TextProblem", "check_text", "install", "json_text", "text_problem", "validate_flush")
+__all__ = (
+    "MAX_JSON_DEPTH", "TextProblem", "check_text", "choice_problem", "install", "json_text", "text_problem", "validate_flush",
+)
 
 #: Deepest nesting of lists and dicts a JSON value may have (the same limit on both dialects).
 MAX_JSON_DEPTH = 256
@@ -28,6 +32,8 @@ def text_problem(value: str) -> str | None:
     """Why ``value`` cannot be stored exactly (NUL, or not encodable as UTF-8) as a phrase, or None."""
     if "\x00" in value:
         return "contains a NUL character, which PostgreSQL cannot store"
+    if value.isascii():  # a flag of the string: no surrogate, no encoding needed
+        return None
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as error:
@@ -61,9 +67,10 @@ def json_text(value: Any, what: str = "value") -> str:
 
 
 def _string(value: str) -> str:
-    problem = text_problem(value)
-    if problem is not None:
-        raise TextProblem(problem)
+    if not value.isascii() or "\x00" in value:
+        problem = text_problem(value)
+        if problem is not None:
+            raise TextProblem(problem)
     return _ESCAPE_ENCODER(value)
 
 
@@ -98,8 +105,16 @@ def _json_text(value: Any, depth: int) -> str:
     raise TypeError(f"{type(value).__name__} is not a JSON type")
 
 
-#: Quotes and escapes one string as JSON, keeping non-ASCII characters as they are.
-_ESCAPE_ENCODER = json.JSONEncoder(ensure_ascii=False).encode
+#: Quotes and escapes one string as JSON, keeping non-ASCII characters as they are (``JSONEncoder(ensure_ascii=False)``
+#: calls the same function for a string).
+_ESCAPE_ENCODER = json.encoder.encode_basestring
+
+
+def choice_problem(value: str, choices: tuple[str, ...]) -> str | None:
+    """Why ``value`` is not one of a column's ``choices`` (its ``info["choices"]``) as a phrase, or None."""
+    if value in choices:
+        return None
+    return f"is {value!r}, not one of: {', '.join(choices)}"
 
 
 def _check_object(instance: object, new: bool) -> None:
@@ -118,6 +133,10 @@ def _check_object(instance: object, new: bool) -> None:
             json_text(value, what)
         elif isinstance(column_type, String) and isinstance(value, str):
             check_text(value, what)
+            choices = column_attr.columns[0].info.get("choices")
+            problem = None if choices is None else choice_problem(value, choices)
+            if problem is not None:
+                raise ValidationError(f"{what} {problem}")
             if column_type.length is not None and len(value) > column_type.length:
                 raise ValidationError(f"{what} is longer than {column_type.length} characters ({len(value)})")
 

@@ -492,6 +492,23 @@ def peer_run(dialect: str, nodes: int, seed: int, repeat: int) -> dict[str, Any]
         checks["closure_after_delete_matches_recompute"] = _closure_matches_recompute(backend)
         checks["deleted_with_closure"] = delete_closure["deleted"]
 
+    result["raw_driver"] = _peer_raw(dialect, peer, graph)
+    raw_nodes, raw_links = _raw_store_seconds(dialect, result["raw_driver"])
+    timings.update(raw_nodes=raw_nodes, raw_links=raw_links)
+    result["timings"] = {key: _round(value) for key, value in timings.items()}
+    result["ratios"] = {
+        "store_nodes_to_raw": round(timings["store_nodes"] / raw_nodes, 2),
+        "store_links_to_raw": round(timings["store_links"] / raw_links, 2),
+        "closure_install_to_raw_pairs": round(timings["closure_install"] / timings["raw_closure_pairs"], 2),
+        "store_links_with_closure_to_without": round(timings["store_links_with_closure"] / timings["store_links"], 2),
+        "delete_with_closure_to_without": round(timings["delete_10_percent_with_closure"] / timings["delete_10_percent"], 2),
+    }
+    result["checks"] = checks
+    return result
+
+
+def _peer_raw(dialect: str, peer: Any, graph: dict[str, Any]) -> dict[str, float]:
+    """The shared script's raw-driver anchors (``bench_raw_pg`` / ``bench_raw_sqlite``) on a scratch database."""
     raw: dict[str, Any] = {"timings": {}}
     with contextlib.ExitStack() as stack:
         if dialect == "postgresql":
@@ -506,19 +523,32 @@ def peer_run(dialect: str, nodes: int, seed: int, repeat: int) -> dict[str, Any]
         else:
             peer.DATA_DIR = stack.enter_context(tempfile.TemporaryDirectory(prefix="aiida-sqla-raw-"))
             peer.bench_raw_sqlite(graph, raw)
+    return dict(raw["timings"])
+
+
+def _raw_store_seconds(dialect: str, raw: dict[str, float]) -> tuple[float, float]:
+    """The raw figures issue #11 compares with: COPY (PostgreSQL) or executemany (SQLite), indexed tables."""
     driver = "pg_idx_copy" if dialect == "postgresql" else "sqlite_idx_executemany"
-    raw_nodes, raw_links = raw["timings"][f"raw_{driver}_nodes"], raw["timings"][f"raw_{driver}_links"]
-    timings.update(raw_nodes=raw_nodes, raw_links=raw_links)
-    result["timings"] = {key: _round(value) for key, value in timings.items()}
-    result["raw_driver"] = raw["timings"]
-    result["ratios"] = {
-        "store_nodes_to_raw": round(timings["store_nodes"] / raw_nodes, 2),
-        "store_links_to_raw": round(timings["store_links"] / raw_links, 2),
-        "closure_install_to_raw_pairs": round(timings["closure_install"] / timings["raw_closure_pairs"], 2),
-        "store_links_with_closure_to_without": round(timings["store_links_with_closure"] / timings["store_links"], 2),
-        "delete_with_closure_to_without": round(timings["delete_10_percent_with_closure"] / timings["delete_10_percent"], 2),
+    return raw[f"raw_{driver}_nodes"], raw[f"raw_{driver}_links"]
+
+
+def peer_store_run(dialect: str, nodes: int, seed: int) -> dict[str, Any]:
+    """Only the bulk store of the shared graph's nodes and links and the raw store of the same rows, one run."""
+    peer = _peer_module()
+    graph = peer.make_graph(nodes, seed)
+    result: dict[str, Any] = {"benchmark": "peer_store", "dialect": dialect, "nodes": nodes, "seed": seed, "links": len(graph["links"])}
+    with fresh_backend(dialect, "bench-peer-store") as backend:
+        store_nodes, store_links, _ = _peer_store(backend, peer, graph)
+    result["raw_driver"] = _peer_raw(dialect, peer, graph)
+    raw_nodes, raw_links = _raw_store_seconds(dialect, result["raw_driver"])
+    result["timings"] = {
+        key: _round(value)
+        for key, value in (("store_nodes", store_nodes), ("store_links", store_links), ("raw_nodes", raw_nodes), ("raw_links", raw_links))
     }
-    result["checks"] = checks
+    result["ratios"] = {
+        "store_nodes_to_raw": round(store_nodes / raw_nodes, 2),
+        "store_links_to_raw": round(store_links / raw_links, 2),
+    }
     return result
 
 
@@ -603,6 +633,10 @@ def main(argv: list[str] | None = None) -> int:
         help="with --graph peer: store the links with the closure set-based, through the triggers and without it",
     )
     parser.add_argument(
+        "--store-only", action="store_true",
+        help="with --graph peer: only store the nodes and links and the raw driver's store of the same rows",
+    )
+    parser.add_argument(
         "--graph", choices=("synthetic", "peer"), default="synthetic",
         help="peer: the shared comparison graph of ../shared/bench/ (seed 42 unless --seed is given)",
     )
@@ -622,6 +656,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(closure_links_run(dialect, args.nodes, peer_seed))
         elif args.graph == "peer" and args.statistics_only:
             results.append(peer_statistics_run(dialect, args.nodes, peer_seed, args.repeat))
+        elif args.graph == "peer" and args.store_only:
+            results.append(peer_store_run(dialect, args.nodes, peer_seed))
         elif args.graph == "peer":
             results.append(peer_run(dialect, args.nodes, peer_seed, args.repeat))
             if args.aiida_python:

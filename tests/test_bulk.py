@@ -6,7 +6,7 @@ import math
 import uuid
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from aiida_sqla_plugin import bulk
@@ -138,6 +138,82 @@ def test_chunks_and_progress(backend, user, monkeypatch):
     assert calls == [("store db_dbnode", done, 8) for done in (0, 3, 6, 8)]
 
 
+def test_rows_with_different_keys_in_one_chunk(backend, user, monkeypatch):
+    monkeypatch.setattr(bulk, "CHUNK_SIZE", 4)
+    time = datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+    rows = [
+        {"user_id": user.id, "node_type": "a", "label": "reordered"},
+        {"node_type": "b", "user_id": user.id, "ctime": time},
+        {"node_type": "c", "user_id": user.id, "process_type": None, "extras": {"k": [1]}},
+        *node_rows(user.id, 3),
+    ]
+    ids = bulk_insert(backend, DbNode, rows)
+    nodes = [reader(backend).get(DbNode, pk) for pk in ids]
+    assert [node.node_type for node in nodes[:3]] == ["a", "b", "c"] and nodes[0].label == "reordered"
+    assert nodes[1].ctime == time and nodes[2].extras == {"k": [1]} and nodes[0].extras == {}
+    assert len({node.uuid for node in nodes}) == 6 and [node.attributes for node in nodes[3:]] == [{"value": i} for i in range(3)]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        # a bad value before a bad set of keys, in one chunk, and the other way round
+        ({5: {"label": 7}, 6: {"colour": "red"}}, r"row 5: field 'label' must be a string"),
+        ({5: {"colour": "red"}, 6: {"label": 7}}, r"row 5: unknown field 'colour'"),
+        # within one row, the first bad field in field order; across chunks, the first chunk with a bad row
+        ({4: {"user_id": "1", "node_type": None}}, r"row 4: field 'node_type' may not be None"),
+        ({2: {"label": "x" * 300}, 6: {"node_type": 1}}, r"row 2: field 'label' is longer than 255"),
+        ({7: {"label": "\ud800"}}, r"row 7: field 'label' contains '\\ud800', a lone surrogate"),
+    ],
+)
+def test_the_first_bad_row_is_named(backend, user, monkeypatch, changes, message):
+    monkeypatch.setattr(bulk, "CHUNK_SIZE", 4)
+    rows = node_rows(user.id, 8)
+    for index, change in changes.items():
+        rows[index].update(change)
+    with pytest.raises(ValidationError, match=message):
+        bulk_insert(backend, DbNode, rows)
+    assert count_rows(backend, DbNode) == 0
+
+
+@pytest.mark.parametrize("offset", [0, 3], ids=["all UTC", "mixed offsets"])
+def test_times_and_uuids_are_stored_as_the_orm_stores_them(backend, user, offset):
+    zone = datetime.timezone(datetime.timedelta(hours=offset))
+    times = [
+        datetime.datetime(2024, 1, 1, tzinfo=UTC),
+        datetime.datetime(5, 1, 2, 3, 4, 5, tzinfo=zone),
+        datetime.datetime(2024, 12, 31, 23, 59, 59, 999999, tzinfo=datetime.timezone(datetime.timedelta(hours=-offset))),
+    ]
+    uuids = [uuid.uuid4() for _ in times]
+    given = [str(uuids[0]).upper(), str(uuids[1]), uuids[2] if offset else str(uuids[2])]
+    pks = bulk_insert(backend, DbNode, [{**row, "uuid": u, "ctime": t} for row, u, t in zip(node_rows(user.id, 3), given, times)])
+    user_id = user.id
+    with backend.transaction() as session:
+        session.add_all(DbNode(node_type="orm", user_id=user_id, ctime=t, uuid=uuid.uuid4()) for t in times)
+    with backend.engine.connect() as connection:  # the stored values themselves: text on SQLite, timestamptz on PostgreSQL
+        stored = connection.exec_driver_sql("SELECT ctime, uuid FROM db_dbnode ORDER BY id").all()
+    assert [row[0] for row in stored[:3]] == [row[0] for row in stored[3:]]
+    assert [str(row[1]).replace("-", "") for row in stored[:3]] == [u.hex for u in uuids]  # lower case, as the ORM writes
+    assert [node.ctime for node in reader(backend).scalars(select(DbNode).order_by(DbNode.id))] == times * 2
+    assert [reader(backend).get(DbNode, pk).uuid for pk in pks] == uuids
+
+
+def test_unknown_link_type_is_refused_by_bulk_insert_and_the_orm(backend, user):
+    user_id = user.id
+    nodes = bulk_insert(backend, DbNode, node_rows(user_id, 2))
+    links = [
+        {"input_id": nodes[0], "output_id": nodes[1], "label": "x", "type": "create"},
+        {"input_id": nodes[0], "output_id": nodes[1], "label": "y", "type": "input"},
+    ]
+    with pytest.raises(ValidationError, match=r"db_dblink row 1: field 'type' is 'input', not one of: create, return, "):
+        bulk_insert(backend, DbLink, links)
+    with pytest.raises(ValidationError, match=r"DbLink.type is 'input', not one of: create, return, "):
+        with backend.transaction() as session:
+            session.add(DbLink(input_id=nodes[0], output_id=nodes[1], label="y", type="input"))
+    assert count_rows(backend, DbLink) == 0
+    assert len(bulk_insert(backend, DbLink, links[:1])) == 1
+
+
 def test_unknown_entity_lists_the_accepted_ones(backend):
     with pytest.raises(ValidationError, match="DbNode.*db_dbnode.*DbLink") as info:
         bulk_insert(backend, "db_dbsetting", [{"key": "x"}])
@@ -203,6 +279,18 @@ def test_links_to_unknown_nodes_name_the_first_bad_row(backend, user):
         bulk_insert(backend, DbLink, links[:3])
     assert count_rows(backend, DbLink) == 0
     assert len(bulk_insert(backend, DbLink, links[:2])) == 2
+
+
+def test_a_link_to_a_gap_among_existing_nodes_is_refused(backend, user):
+    nodes = bulk_insert(backend, DbNode, node_rows(user.id, 5))
+    backend.get_session().rollback()
+    with backend.engine.begin() as connection:
+        connection.execute(delete(DbNode).where(DbNode.id == nodes[2]))
+    links = [{"input_id": nodes[i], "output_id": nodes[i + 1], "label": "x", "type": "create"} for i in range(4)]
+    with pytest.raises(ValidationError, match=rf"db_dblink row 2: field 'input_id' = {nodes[2]} does not exist"):
+        bulk_insert(backend, DbLink, links)
+    assert count_rows(backend, DbLink) == 0
+    assert len(bulk_insert(backend, DbLink, [links[0], links[3]])) == 2
 
 
 def test_unique_violations_store_nothing(backend, user):
