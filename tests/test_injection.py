@@ -86,19 +86,14 @@ def test_hostile_strings_round_trip_through_the_library(backend: SqlaBackend, us
     )
 
 
-def test_hostile_link_type_is_stored_verbatim_or_refused(backend: SqlaBackend, user: DbUser) -> None:
+def test_hostile_link_type_is_refused_before_anything_is_written(backend: SqlaBackend, user: DbUser) -> None:
     owner = user_pk(backend)
     pks = backend.bulk_insert(DbNode, [{"node_type": DATA, "user_id": owner}] * 2)
     before = database_fingerprint(url_of(backend))
-    for hostile in HOSTILE:
-        try:
+    for hostile in HOSTILE:  # a link type is one of LINK_TYPES: no hostile text reaches SQL as a type at all
+        with pytest.raises(ValidationError, match="link type|type"):
             backend.bulk_insert(DbLink, [{"input_id": pks[0], "output_id": pks[1], "type": hostile, "label": "x"}])
-        except ValidationError:
-            continue
-        with backend.engine.connect() as connection:
-            assert hostile in connection.execute(select(DbLink.type)).scalars().all()
-    after = database_fingerprint(url_of(backend))
-    assert set(after) == set(before) and after["db_dbnode"] == before["db_dbnode"]
+    assert database_fingerprint(url_of(backend)) == before
 
 
 def test_hostile_profile_names_are_only_text(backend: SqlaBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
