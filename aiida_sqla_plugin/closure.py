@@ -747,30 +747,30 @@ def insert_closed_links(connection: Connection, insert_rows: Callable[[], list[i
     """Run ``insert_rows`` (storing ``rows`` links, returning their ids) and add them to the closure, in the
     caller's transaction; raises :class:`ValidationError` when the links close a cycle.
 
-    A batch with at least as many rows as there are covered links stored already is stored with the closure
-    maintenance off, and the closure is then recomputed from all the links by the install's algorithm
-    (:func:`_backfill`), which writes each pair once instead of updating pairs link after link. Smaller batches:
-    PostgreSQL's triggers are per statement over the transition table already, so there the insert is all it
-    takes; SQLite's are per row, so they are switched off for the insertion and :func:`_add_batch` adds the
-    whole batch in topological waves. Without an installed closure it just runs ``insert_rows``.
+    PostgreSQL's triggers are per statement over the transition table already, but still update the pairs link
+    after link; a batch there with at least as many rows as there are covered links stored is therefore stored
+    with the insert trigger off, and the closure recomputed from all the links by the install's algorithm
+    (:func:`_backfill`, each pair written once). Smaller batches there just go through the trigger. SQLite's
+    triggers are per row: they are switched off for the insertion and :func:`_add_batch` adds the whole batch in
+    topological waves (measured faster there than a recompute, even into an empty closure). Without an installed
+    closure it just runs ``insert_rows``.
     """
     types = installed_link_types(connection)
     if types is None:
         return insert_rows()
-    dialect = connection.dialect.name
     names = _default_names()
-    links = table_of(DbLink)
-    # Counting stops at ``rows``: the cost of the test is bounded by the batch, not by the links table.
-    stored = select(links.c.id).where(links.c.type.in_(string_select(dialect, types))).limit(rows).subquery()
-    if connection.execute(select(func.count()).select_from(stored)).scalar_one() < rows:
-        with _row_maintenance_off(connection, names, types, "insert"):  # table lock first, then the closure lock
-            _lock(connection, dialect, names)
+    if connection.dialect.name == "postgresql":
+        links = table_of(DbLink)
+        # Counting stops at ``rows``: the cost of the test is bounded by the batch, not by the links table.
+        stored = select(links.c.id).where(links.c.type.in_(string_select("postgresql", types))).limit(rows).subquery()
+        if connection.execute(select(func.count()).select_from(stored)).scalar_one() >= rows:
+            return insert_rows()
+        with _row_maintenance_off(connection, names, types, "insert"):  # the table lock first, then the closure lock
+            _lock(connection, "postgresql", names)
             ids = insert_rows()
         connection.execute(delete(table_of(DbPath)))
-        _backfill(connection, dialect, tuple(sorted(types)), None)
+        _backfill(connection, "postgresql", tuple(sorted(types)), None)
         return ids
-    if dialect == "postgresql":
-        return insert_rows()
     with _row_maintenance_off(connection, names, types, "insert"):
         ids = insert_rows()
     _add_batch(connection, types, ids)
