@@ -683,7 +683,7 @@ def bulk_insert(
                 return store(connection, plan, prepared, total, progress, description, ids)
 
             if model is DbLink:
-                return insert_closed_links(connection, store_rows)
+                return insert_closed_links(connection, store_rows, len(rows))
             return store_rows()
     except (sa_exc.IntegrityError, sa_exc.DataError) as error:
         raise ValidationError(f"{plan.table.name}: the database refused the rows: {error_line(error)}") from error

@@ -383,7 +383,7 @@ def _lock(connection: Connection, dialect: str, names: _Names) -> None:
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({names.lock_key})")
 
 
-_BACKFILL_TABLES = ("tc_edge", "tc_waiting", "tc_ready", "tc_next", "tc_closure")
+_BACKFILL_TABLES = ("tc_edge", "tc_waiting", "tc_ready", "tc_next", "tc_rank", "tc_closure")
 
 
 def _backfill(connection: Connection, dialect: str, link_types: tuple[str, ...], progress: ProgressCallback | None) -> int:
@@ -392,9 +392,11 @@ def _backfill(connection: Connection, dialect: str, link_types: tuple[str, ...],
     Nodes are settled sinks first: a node is *ready* once every child it has is settled, and its closure rows are
     then ``C(a, d) = sum over links a -> x of n(a, x) * ([x = d] + C(x, d))``, one grouped statement for all nodes
     ready in a round. Each pair is written once (no per-path-length copies, never listing paths), into an
-    unlogged temporary table that is copied into ``db_dbpath`` at the end; on PostgreSQL the closure's indexes
-    are rebuilt after that copy, which is several times faster than maintaining them row by row. Nodes left
-    unsettled when no node is ready any more lie on or above a cycle.
+    unlogged temporary table keyed by (round, source) so that its index only ever grows at its right end (a key
+    by source alone takes a random leaf per row, which thrashes PostgreSQL's small temporary buffers); it is
+    copied into ``db_dbpath`` at the end, and on PostgreSQL the closure's indexes are rebuilt after that copy,
+    which is several times faster than maintaining them row by row. Nodes left unsettled when no node is ready
+    any more lie on or above a cycle.
     """
     temporary = "CREATE TEMPORARY TABLE {} ({}){}".format
     on_commit = " ON COMMIT DROP" if dialect == "postgresql" else ""
@@ -410,8 +412,9 @@ def _backfill(connection: Connection, dialect: str, link_types: tuple[str, ...],
             temporary("tc_edge", "src bigint NOT NULL, dst bigint NOT NULL, n bigint NOT NULL", on_commit),
             temporary("tc_waiting", "node bigint PRIMARY KEY, waiting bigint NOT NULL", on_commit),
             temporary("tc_ready", "node bigint PRIMARY KEY", on_commit),
-            temporary("tc_next", "node bigint PRIMARY KEY", on_commit),
-            temporary("tc_closure", "src bigint NOT NULL, dst bigint NOT NULL, n bigint NOT NULL", on_commit),
+            temporary("tc_next", "node bigint PRIMARY KEY, settled bigint NOT NULL", on_commit),
+            temporary("tc_rank", "node bigint PRIMARY KEY, round bigint NOT NULL", on_commit),
+            temporary("tc_closure", "round bigint NOT NULL, src bigint NOT NULL, dst bigint NOT NULL, n bigint NOT NULL", on_commit),
         ],
     )
     links = table_of(DbLink)
@@ -430,7 +433,7 @@ def _backfill(connection: Connection, dialect: str, link_types: tuple[str, ...],
         [
             "CREATE INDEX tc_edge_src ON tc_edge (src)",
             "CREATE INDEX tc_edge_dst ON tc_edge (dst)",
-            "CREATE INDEX tc_closure_src ON tc_closure (src)",
+            "CREATE INDEX tc_closure_round_src ON tc_closure (round, src)",
             *(["ANALYZE tc_edge"] if dialect == "postgresql" else []),
             # how many of its children each source still waits for (children that are sources themselves)
             "INSERT INTO tc_waiting (node, waiting) SELECT e.src, "
@@ -441,30 +444,39 @@ def _backfill(connection: Connection, dialect: str, link_types: tuple[str, ...],
         ],
     )
     total = connection.exec_driver_sql("SELECT count(*) FROM tc_waiting").scalar_one()
+
+    def round_statements(number: int) -> list[str]:
+        # Sorted by source, a round's rows extend the (round, source) index at its right end.
+        return [
+            f"INSERT INTO tc_rank (node, round) SELECT node, {number} FROM tc_ready",
+            f"INSERT INTO tc_closure (round, src, dst, n) SELECT {number}, a, d, sum(c) FROM ("
+            " SELECT e.src AS a, e.dst AS d, e.n AS c FROM tc_ready r JOIN tc_edge e ON e.src = r.node"
+            " UNION ALL"
+            " SELECT e.src, q.dst, e.n * q.n FROM tc_ready r JOIN tc_edge e ON e.src = r.node"
+            " JOIN tc_rank k ON k.node = e.dst JOIN tc_closure q ON q.round = k.round AND q.src = e.dst"
+            ") AS paths GROUP BY a, d ORDER BY a, d",
+            "DELETE FROM tc_next",
+            # the parents of this round's nodes, with how many of their waits this round ends
+            "INSERT INTO tc_next (node, settled) SELECT e.src, count(*) FROM tc_ready r JOIN tc_edge e ON e.dst = r.node"
+            " GROUP BY e.src",
+            # without fresh statistics PostgreSQL would scan all of tc_waiting for the few parents, every round
+            *(["ANALYZE tc_next"] if dialect == "postgresql" else []),
+            "DELETE FROM tc_waiting WHERE node IN (SELECT node FROM tc_ready)",
+            "UPDATE tc_waiting SET waiting = waiting - x.settled FROM tc_next x WHERE tc_waiting.node = x.node",
+            "DELETE FROM tc_ready",
+        ]
+
+    next_ready = "INSERT INTO tc_ready (node) SELECT w.node FROM tc_waiting w JOIN tc_next x ON x.node = w.node WHERE w.waiting = 0"
     settled = 0
-    round_statements = [
-        "INSERT INTO tc_closure (src, dst, n) SELECT a, d, sum(c) FROM ("
-        " SELECT e.src AS a, e.dst AS d, e.n AS c FROM tc_ready r JOIN tc_edge e ON e.src = r.node"
-        " UNION ALL"
-        " SELECT e.src, q.dst, e.n * q.n FROM tc_ready r JOIN tc_edge e ON e.src = r.node"
-        " JOIN tc_closure q ON q.src = e.dst"
-        ") AS paths GROUP BY a, d",
-        "DELETE FROM tc_next",
-        "INSERT INTO tc_next (node) SELECT DISTINCT e.src FROM tc_ready r JOIN tc_edge e ON e.dst = r.node",
-        "DELETE FROM tc_waiting WHERE node IN (SELECT node FROM tc_ready)",
-        "UPDATE tc_waiting SET waiting = waiting - (SELECT count(*) FROM tc_edge e JOIN tc_ready r ON r.node = e.dst"
-        " WHERE e.src = tc_waiting.node) WHERE node IN (SELECT node FROM tc_next)",
-        "DELETE FROM tc_ready",
-        "INSERT INTO tc_ready (node) SELECT w.node FROM tc_waiting w JOIN tc_next x ON x.node = w.node WHERE w.waiting = 0",
-        *analyze,
-    ]
-    while True:
-        ready = connection.exec_driver_sql("SELECT count(*) FROM tc_ready").scalar_one()
-        if not ready:
-            break
-        _execute_script(connection, round_statements)
+    number = 0
+    ready = connection.exec_driver_sql("SELECT count(*) FROM tc_ready").scalar_one()
+    while ready:
+        _execute_script(connection, round_statements(number))
+        number += 1
         settled += ready
         report(progress, "closure", settled, total)
+        ready = connection.exec_driver_sql(next_ready).rowcount
+        _execute_script(connection, analyze)
     if settled < total:
         raise ValidationError(f"{CYCLE_MESSAGE}: node {_node_on_cycle(connection)} reaches itself through links of types {list(link_types)}")
     rows = _copy_into_closure(connection)
@@ -510,8 +522,10 @@ def closure_bulk_load(connection: Connection) -> Iterator[None]:
 
 
 def _copy_into_closure(connection: Connection) -> int:
-    """Copy the computed pairs into ``db_dbpath``."""
-    copy = "INSERT INTO db_dbpath (parent_id, child_id, path_count) SELECT src, dst, n FROM tc_closure ORDER BY src, dst"
+    """Copy the computed pairs into ``db_dbpath`` (in key order for SQLite, which keeps its indexes meanwhile;
+    PostgreSQL's are rebuilt after the copy, which sorts anyway)."""
+    order = " ORDER BY src, dst" if connection.dialect.name == "sqlite" else ""
+    copy = f"INSERT INTO db_dbpath (parent_id, child_id, path_count) SELECT src, dst, n FROM tc_closure{order}"
     with closure_bulk_load(connection):
         rows = connection.exec_driver_sql(copy).rowcount
     return int(rows or 0)
@@ -605,19 +619,39 @@ def delete_closed_nodes(connection: Connection, pks: set[int], delete_rows: Call
     if connection.execute(escaping.limit(1)).first() is not None:
         return False
     names = _default_names()
-    _lock(connection, dialect, names)
-    if dialect == "postgresql":
-        # DISABLE TRIGGER is transactional and needs the SHARE ROW EXCLUSIVE lock the caller already holds.
-        connection.exec_driver_sql(f"ALTER TABLE {names.links} DISABLE TRIGGER {names.obj('delete')}")
+    _lock(connection, dialect, names)  # the caller holds the table lock already
+    with _row_maintenance_off(connection, names, types, "delete"):
         delete_rows()
-        connection.exec_driver_sql(f"ALTER TABLE {names.links} ENABLE TRIGGER {names.obj('delete')}")
-    else:
-        # SQLite's DDL is transactional too: drop the row triggers, delete, and create them again.
-        _execute_script(connection, _sqlite_drop_statements(names))
-        delete_rows()
-        _execute_script(connection, _sqlite_statements(names, tuple(sorted(types))))
     connection.execute(delete(paths).where(paths.c.child_id.in_(id_select(dialect, pks))))
     return True
+
+
+@contextlib.contextmanager
+def _row_maintenance_off(connection: Connection, names: _Names, types: frozenset[str], event: str) -> Iterator[None]:
+    """The closure triggers off for the ``event`` ("insert" or "delete") statements of the block.
+
+    PostgreSQL: DISABLE TRIGGER, which is transactional and takes SHARE ROW EXCLUSIVE on the links (other link
+    writers wait for the commit). ENABLE refuses a table with pending trigger events, so the deferred foreign-key
+    checks of the block's links are run first (SET CONSTRAINTS ... IMMEDIATE, then back to DEFERRED). SQLite,
+    whose DDL is transactional too: the row triggers are dropped and created again. An error in the block leaves
+    them off, for the caller's rollback to undo.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"ALTER TABLE {names.links} DISABLE TRIGGER {names.obj(event)}")
+        yield
+        deferred = connection.exec_driver_sql(
+            "SELECT string_agg(quote_ident(conname), ', ') FROM pg_constraint "
+            f"WHERE conrelid = '{names.links}'::regclass AND contype = 'f' AND condeferred"
+        ).scalar_one()
+        if deferred:
+            connection.exec_driver_sql(f"SET CONSTRAINTS {deferred} IMMEDIATE")
+        connection.exec_driver_sql(f"ALTER TABLE {names.links} ENABLE TRIGGER {names.obj(event)}")
+        if deferred:
+            connection.exec_driver_sql(f"SET CONSTRAINTS {deferred} DEFERRED")
+    else:
+        _execute_script(connection, _sqlite_drop_statements(names))
+        yield
+        _execute_script(connection, _sqlite_statements(names, tuple(sorted(types))))
 
 
 _BATCH_TABLES = ("tc_batch", "tc_bdep", "tc_bwait", "tc_bready", "tc_bnext", "tc_bwave")
@@ -709,22 +743,36 @@ def _add_batch(connection: Connection, link_types: frozenset[str], link_ids: Ite
     _execute_script(connection, [f"DROP TABLE temp.{name}" for name in _BATCH_TABLES])
 
 
-def insert_closed_links(connection: Connection, insert_rows: Callable[[], list[int]]) -> list[int]:
-    """Run ``insert_rows`` (storing links, returning their ids) and add them to the closure, in the caller's
-    transaction; raises :class:`ValidationError` when the links close a cycle.
+def insert_closed_links(connection: Connection, insert_rows: Callable[[], list[int]], rows: int) -> list[int]:
+    """Run ``insert_rows`` (storing ``rows`` links, returning their ids) and add them to the closure, in the
+    caller's transaction; raises :class:`ValidationError` when the links close a cycle.
 
-    PostgreSQL's triggers are per statement over the transition table already, so there the insert is all it
-    takes. SQLite's are per row: its row triggers are dropped for this insertion and re-created (transactionally),
-    and :func:`_add_batch` adds the whole batch in topological waves. Without an installed closure it just runs
-    ``insert_rows``.
+    PostgreSQL's triggers are per statement over the transition table already, but still update the pairs link
+    after link; a batch there with at least as many rows as there are covered links stored is therefore stored
+    with the insert trigger off, and the closure recomputed from all the links by the install's algorithm
+    (:func:`_backfill`, each pair written once). Smaller batches there just go through the trigger. SQLite's
+    triggers are per row: they are switched off for the insertion and :func:`_add_batch` adds the whole batch in
+    topological waves (measured faster there than a recompute, even into an empty closure). Without an installed
+    closure it just runs ``insert_rows``.
     """
     types = installed_link_types(connection)
-    if types is None or connection.dialect.name == "postgresql":
+    if types is None:
         return insert_rows()
     names = _default_names()
-    _execute_script(connection, _sqlite_drop_statements(names))
-    ids = insert_rows()
-    _execute_script(connection, _sqlite_statements(names, tuple(sorted(types))))
+    if connection.dialect.name == "postgresql":
+        links = table_of(DbLink)
+        # Counting stops at ``rows``: the cost of the test is bounded by the batch, not by the links table.
+        stored = select(links.c.id).where(links.c.type.in_(string_select("postgresql", types))).limit(rows).subquery()
+        if connection.execute(select(func.count()).select_from(stored)).scalar_one() >= rows:
+            return insert_rows()
+        with _row_maintenance_off(connection, names, types, "insert"):  # the table lock first, then the closure lock
+            _lock(connection, "postgresql", names)
+            ids = insert_rows()
+        connection.execute(delete(table_of(DbPath)))
+        _backfill(connection, "postgresql", tuple(sorted(types)), None)
+        return ids
+    with _row_maintenance_off(connection, names, types, "insert"):
+        ids = insert_rows()
     _add_batch(connection, types, ids)
     return ids
 

@@ -446,6 +446,65 @@ def _settings_seconds(backend: SqlaBackend) -> tuple[float, float]:
     return get_seconds, set_get_seconds
 
 
+def _peer_closure_block(
+    dialect: str, peer: Any, graph: dict[str, Any], ancestors_target_index: int, ancestors: set[int] | None, repeat: int
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """The "bench-peer-tc" block: links stored with the closure installed, the closure rebuilt from the links,
+    the raw pairs anchor and the 10% deletion, each closure checked against a recompute."""
+    timings: dict[str, float] = {}
+    checks: dict[str, Any] = {}
+    with fresh_backend(dialect, "bench-peer-tc") as backend:
+        install_tc(backend.get_session())  # on the empty database: every link goes through the triggers
+        backend.close()
+        _, timings["store_links_with_closure"], ids = _peer_store(backend, peer, graph)
+        backend.close()
+        checks["closure_after_store_matches_recompute"] = _closure_matches_recompute(backend)
+        install_seconds, _ = timed(lambda: rebuild_tc(backend.get_session()))
+        backend.close()
+        timings["closure_install"] = install_seconds
+        with backend.engine.connect() as connection:
+            checks["closure_pairs"] = connection.exec_driver_sql("SELECT count(*) FROM db_dbpath").scalar_one()
+        timings["raw_closure_pairs"] = raw_pairs_seconds(backend)
+        target = ids[ancestors_target_index]
+        timings["ancestors_with_closure"], closure_ancestors = best(lambda: get_ancestors([target], backend=backend), repeat)
+        if ancestors is not None:
+            checks["ancestors_with_closure"] = closure_ancestors == ancestors
+        delete_closure = delete_newest_tenth(backend, tuple(ids))
+        timings["delete_10_percent_with_closure"] = delete_closure["seconds"]
+        checks["closure_after_delete_matches_recompute"] = _closure_matches_recompute(backend)
+        checks["deleted_with_closure"] = delete_closure["deleted"]
+    return timings, checks
+
+
+def _closure_ratios(timings: dict[str, float]) -> dict[str, float]:
+    """Issue #11's closure ratios (a), (b), (c)."""
+    return {
+        "closure_install_to_raw_pairs": round(timings["closure_install"] / timings["raw_closure_pairs"], 2),
+        "store_links_with_closure_to_without": round(timings["store_links_with_closure"] / timings["store_links"], 2),
+        "delete_with_closure_to_without": round(timings["delete_10_percent_with_closure"] / timings["delete_10_percent"], 2),
+    }
+
+
+def closure_only_run(dialect: str, nodes: int, seed: int, repeat: int) -> dict[str, Any]:
+    """Only what the closure ratios need: the shared graph stored and its newest tenth deleted without the closure,
+    then the closure block of :func:`peer_run` (no raw-driver anchors, statistics or ancestry without closure)."""
+    peer = _peer_module()
+    graph = peer.make_graph(nodes, seed)
+    analysis = peer.graph_analysis(graph)
+    result: dict[str, Any] = {"benchmark": "peer_closure", "dialect": dialect, "nodes": nodes, "seed": seed, "links": len(graph["links"])}
+    timings: dict[str, float] = {}
+    with fresh_backend(dialect, "bench-peer") as backend:
+        timings["store_nodes"], timings["store_links"], ids = _peer_store(backend, peer, graph)
+        backend.close()
+        timings["delete_10_percent"] = delete_newest_tenth(backend, tuple(ids))["seconds"]
+    closure_timings, checks = _peer_closure_block(dialect, peer, graph, analysis["anc_target"], None, repeat)
+    timings.update(closure_timings)
+    result["timings"] = {key: _round(value) for key, value in timings.items()}
+    result["ratios"] = _closure_ratios(timings)
+    result["checks"] = checks
+    return result
+
+
 def peer_run(dialect: str, nodes: int, seed: int, repeat: int) -> dict[str, Any]:
     """The shared comparison graph (``make_graph(nodes, seed)``): every row of issue #11 and the raw figures."""
     peer = _peer_module()
@@ -472,25 +531,9 @@ def peer_run(dialect: str, nodes: int, seed: int, repeat: int) -> dict[str, Any]
         timings["delete_10_percent"] = delete_plain["seconds"]
         checks["deleted"] = delete_plain["deleted"]
 
-    with fresh_backend(dialect, "bench-peer-tc") as backend:
-        install_tc(backend.get_session())  # on the empty database: every link goes through the triggers
-        backend.close()
-        _, timings["store_links_with_closure"], ids = _peer_store(backend, peer, graph)
-        backend.close()
-        install_seconds, _ = timed(lambda: rebuild_tc(backend.get_session()))
-        backend.close()
-        timings["closure_install"] = install_seconds
-        checks["closure_after_store_matches_recompute"] = _closure_matches_recompute(backend)
-        with backend.engine.connect() as connection:
-            checks["closure_pairs"] = connection.exec_driver_sql("SELECT count(*) FROM db_dbpath").scalar_one()
-        timings["raw_closure_pairs"] = raw_pairs_seconds(backend)
-        closure_ancestors_seconds, closure_ancestors = best(lambda: get_ancestors([ancestors_target], backend=backend), repeat)
-        timings["ancestors_with_closure"] = closure_ancestors_seconds
-        checks["ancestors_with_closure"] = closure_ancestors == ancestors
-        delete_closure = delete_newest_tenth(backend, tuple(ids))
-        timings["delete_10_percent_with_closure"] = delete_closure["seconds"]
-        checks["closure_after_delete_matches_recompute"] = _closure_matches_recompute(backend)
-        checks["deleted_with_closure"] = delete_closure["deleted"]
+    closure_timings, closure_checks = _peer_closure_block(dialect, peer, graph, analysis["anc_target"], ancestors, repeat)
+    timings.update(closure_timings)
+    checks.update(closure_checks)
 
     result["raw_driver"] = _peer_raw(dialect, peer, graph)
     raw_nodes, raw_links = _raw_store_seconds(dialect, result["raw_driver"])
@@ -499,9 +542,7 @@ def peer_run(dialect: str, nodes: int, seed: int, repeat: int) -> dict[str, Any]
     result["ratios"] = {
         "store_nodes_to_raw": round(timings["store_nodes"] / raw_nodes, 2),
         "store_links_to_raw": round(timings["store_links"] / raw_links, 2),
-        "closure_install_to_raw_pairs": round(timings["closure_install"] / timings["raw_closure_pairs"], 2),
-        "store_links_with_closure_to_without": round(timings["store_links_with_closure"] / timings["store_links"], 2),
-        "delete_with_closure_to_without": round(timings["delete_10_percent_with_closure"] / timings["delete_10_percent"], 2),
+        **_closure_ratios(timings),
     }
     result["checks"] = checks
     return result
@@ -637,6 +678,10 @@ def main(argv: list[str] | None = None) -> int:
         help="with --graph peer: only store the nodes and links and the raw driver's store of the same rows",
     )
     parser.add_argument(
+        "--closure-only", action="store_true",
+        help="with --graph peer: only the closure rows of issue #11 (install, delete and store links, with their anchors)",
+    )
+    parser.add_argument(
         "--graph", choices=("synthetic", "peer"), default="synthetic",
         help="peer: the shared comparison graph of ../shared/bench/ (seed 42 unless --seed is given)",
     )
@@ -658,6 +703,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(peer_statistics_run(dialect, args.nodes, peer_seed, args.repeat))
         elif args.graph == "peer" and args.store_only:
             results.append(peer_store_run(dialect, args.nodes, peer_seed))
+        elif args.graph == "peer" and args.closure_only:
+            results.append(closure_only_run(dialect, args.nodes, peer_seed, args.repeat))
         elif args.graph == "peer":
             results.append(peer_run(dialect, args.nodes, peer_seed, args.repeat))
             if args.aiida_python:

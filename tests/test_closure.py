@@ -351,6 +351,34 @@ def test_bulk_links_update_the_closure_set_based(backend: SqlaBackend, installed
         assert_exact(connection)
 
 
+def test_bulk_links_large_and_small_batches_keep_the_closure_exact(backend: SqlaBackend, installed: Engine, user: DbUser) -> None:
+    """A batch with more rows than covered links stored (on PostgreSQL the closure is then recomputed from all
+    links) and a smaller one leave the exact closure, inside a caller's transaction too, with the triggers on."""
+    with installed.begin() as connection:
+        ids = add_nodes(connection, user.id, 60)
+    edges = [(ids[u], ids[v], ("create", "input_calc", "return")[(u + v) % 3]) for u, v in _random_dag(60, 3)]
+    large, small, last = edges[:-12], edges[-12:-4], edges[-4:]
+    bulk_insert(backend, DbLink, _link_rows(large + large[:3]))  # into an empty closure, with parallel links
+    with installed.connect() as connection:
+        assert len(assert_exact(connection)) > 100
+    bulk_insert(backend, DbLink, _link_rows(small))
+    with installed.connect() as connection:
+        assert_exact(connection)
+    covered = [(u, v) for u, v, kind in last if kind != "return"]
+    assert covered
+    with backend.transaction(write=True) as session:  # the caller's: the recompute sees its uncommitted changes
+        session.execute(DbLink.__table__.delete())
+        bulk_insert(backend, DbLink, _link_rows(last))
+        with pytest.raises(ValidationError, match=CYCLE_MESSAGE):
+            bulk_insert(backend, DbLink, _link_rows([(covered[0][1], covered[0][0], "create")] * 5))
+        assert len(session.execute(select(DbPath.parent_id)).all()) == len(expected_closure(last))
+    with installed.connect() as connection:
+        assert assert_exact(connection) == expected_closure(last)
+        insert_links(connection, [(ids[0], ids[59], "create")])  # the row triggers are back
+        connection.commit()
+        assert_exact(connection)
+
+
 def test_bulk_links_closing_a_cycle_store_nothing(backend: SqlaBackend, installed: Engine, nodes: list[int]) -> None:
     a, b, c, d = nodes[:4]
     bulk_insert(backend, DbLink, _link_rows([(a, b, "create")]))
