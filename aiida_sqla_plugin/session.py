@@ -22,16 +22,15 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import create_engine, event, exc
-from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext, Row
+from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext
 from sqlalchemy.orm import Session, SessionTransactionOrigin, scoped_session, sessionmaker
-from sqlalchemy.sql import Executable
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePool
 
 from . import values
@@ -57,7 +56,7 @@ __all__ = (
     "application_name",
     "check_connection",
     "dispose_engines",
-    "execute_read",
+    "single_statement",
     "get_current_profile",
     "get_engine",
     "get_scoped_session",
@@ -515,20 +514,29 @@ def idempotent_read(function: Callable[_P, _R]) -> Callable[_P, _R]:
     return read
 
 
-def execute_read(session: Session, statement: Executable, parameters: Mapping[str, Any] | None = None) -> list[Row[Any]]:
-    """The rows of one read-only ``statement``, under the one transaction rule.
+@contextlib.contextmanager
+def single_statement(session: Session, write: bool = False) -> Iterator[Session | Connection]:
+    """Where to execute ONE statement under the one transaction rule.
 
-    In the caller's transaction it runs there and sees the caller's uncommitted work. Otherwise the statement is
-    a transaction of its own: on PostgreSQL it runs in autocommit, one round trip instead of ``BEGIN``, the
-    statement and ``COMMIT``; on SQLite, where ``BEGIN`` and ``COMMIT`` cost no round trip, in a short transaction.
+    In the caller's transaction it is that transaction (as :func:`transaction` gives it), so the statement sees
+    and joins the caller's uncommitted work. Otherwise one statement is a transaction by itself: on PostgreSQL it
+    runs on a connection in autocommit, one round trip instead of ``BEGIN``, the statement and ``COMMIT`` (a
+    write on a read-only profile keeps its ``BEGIN READ ONLY`` transaction, which refuses it); on SQLite, where
+    ``BEGIN`` and ``COMMIT`` cost no round trip, in a short transaction of its own.
     """
     bind = session.get_bind()
-    joins_caller = session.info.get(_TRANSACTION_DEPTH, 0) > 0 or session.get_transaction() is not None
-    if joins_caller or not isinstance(bind, Engine) or bind.dialect.name != "postgresql":
-        with transaction(session) as joined:
-            return list(joined.execute(statement, parameters))
-    with bind.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        return list(connection.execute(statement, parameters))
+    own = session.info.get(_TRANSACTION_DEPTH, 0) == 0 and session.get_transaction() is None
+    if (
+        own
+        and isinstance(bind, Engine)
+        and bind.dialect.name == "postgresql"
+        and not (write and bind.get_execution_options().get("postgresql_readonly"))
+    ):
+        with bind.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            yield connection
+    else:
+        with transaction(session, write=write) as joined:
+            yield joined
 
 
 def set_current_profile(profile: ProfileLike) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Text, bindparam, cast, delete, inspect, select
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -79,6 +79,10 @@ class SqlaSettingsManager:
         return session_module.transaction(session_module.get_session_factory(self._profile)(), write=write)
 
     @session_module.idempotent_read
+    def _statement(self, write: bool = False) -> contextlib.AbstractContextManager[Session | Connection]:
+        """Where one statement of a call runs: the caller's transaction, else its own (one round trip on PostgreSQL)."""
+        return session_module.single_statement(session_module.get_session_factory(self._profile)(), write=write)
+
     def validate_table_existence(self) -> None:
         """Raise :class:`NotExistent` if the settings table does not exist (database not migrated)."""
         with self._transaction() as session:
@@ -105,12 +109,10 @@ class SqlaSettingsManager:
     def get(self, key: str) -> Setting:
         """The setting ``key``, or :class:`NotExistent`."""
         validate_setting_key(key)
-        session = session_module.get_session_factory(self._profile)()
-        with self._missing_table_explained():
-            rows = session_module.execute_read(session, _SELECT_ONE, {"key": key})
-        if not rows:
+        with self._missing_table_explained(), self._statement() as target:
+            row = target.execute(_SELECT_ONE, {"key": key}).one_or_none()
+        if row is None:
             raise NotExistent(f"no setting with key {key!r}")
-        row = rows[0]
         return Setting(row.key, row.val, row.description, row.time)
 
     def set(self, key: str, value: Any, description: str | None = None) -> None:
@@ -131,8 +133,8 @@ class SqlaSettingsManager:
         if description is not None:
             updates["description"] = statement.excluded.description
         statement = statement.on_conflict_do_update(index_elements=["key"], set_=updates)
-        with self._missing_table_explained(), self._transaction(write=True) as session:
-            session.execute(statement)
+        with self._missing_table_explained(), self._statement(write=True) as target:
+            target.execute(statement)
 
     def delete(self, key: str) -> None:
         """Remove ``key``; :class:`NotExistent` if there is no such setting."""
