@@ -74,7 +74,7 @@ def render(lines: Iterable[dict[str, Any]]) -> str:
     """Both Markdown tables for the peer lines of one run."""
     lines = list(lines)
     ours, aiida = _by_dialect(lines, "peer"), _by_dialect(lines, "peer-aiida-core")
-    header = "| operation | aiida SQLite | ours SQLite | aiida PostgreSQL | ours PostgreSQL | ours / aiida SQLite | ours / aiida PostgreSQL |"
+    header = "| operation | aiida SQLite | ours SQLite | aiida PostgreSQL | ours PostgreSQL | ours / aiida SQLite (at most 0.5x) | ours / aiida PostgreSQL (at most 0.5x) |"
     table = [header, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for label, our_key, aiida_key in OPERATIONS:
         cells, ratios = [], []
