@@ -11,6 +11,7 @@ Constants are env-overridable so that a loaded machine can give the cluster more
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import socket
@@ -212,6 +213,9 @@ class Host:
         return ["ip", "netns", "exec", self.namespace, *argv]
 
 
+_SIMULATED_CALLS = itertools.count()
+
+
 @contextlib.contextmanager
 def simulated_hosts(count: int) -> Iterator[list[Host]]:
     """``count`` network namespaces, each joined to this one by a veth pair with addresses 10.213.<i>.1/.2."""
@@ -220,13 +224,17 @@ def simulated_hosts(count: int) -> Iterator[list[Host]]:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"CI must run the multi-host tests: {reason}")
         pytest.skip(reason)
-    tag = os.getpid() % 10000
+    # Names unique per call, not per process: a namespace's veth pair is freed by the kernel some time after
+    # 'ip netns del', so a second call reusing the names could meet the first call's pair ("File exists").
+    tag = f"{os.getpid() % 10000}{next(_SIMULATED_CALLS) % 100:02d}"
     hosts: list[Host] = []
+    outers: list[str] = []
     try:
         for index in range(1, count + 1):
             host = Host(f"aiidasqla{tag}h{index}", f"10.213.{index}.2", f"10.213.{index}.1")
             outer, inner = f"vsq{tag}h{index}o", f"vsq{tag}h{index}i"
             hosts.append(host)
+            outers.append(outer)
             for command in (
                 ["ip", "netns", "add", host.namespace],
                 ["ip", "link", "add", outer, "type", "veth", "peer", "name", inner],
@@ -242,7 +250,9 @@ def simulated_hosts(count: int) -> Iterator[list[Host]]:
                 subprocess.run(command, check=True, capture_output=True, text=True)
         yield hosts
     finally:
-        for host in hosts:  # deleting a namespace deletes its end of the veth pair, and so the pair
+        for outer in outers:  # deleting one end deletes the pair at once (and with it the addresses and routes)
+            subprocess.run(["ip", "link", "del", outer], capture_output=True)
+        for host in hosts:
             subprocess.run(["ip", "netns", "del", host.namespace], capture_output=True)
 
 
