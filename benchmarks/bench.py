@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import psycopg2
 import sqlalchemy
 from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 import aiida_sqla_plugin
 from aiida_sqla_plugin import bulk
@@ -75,8 +75,9 @@ def machine_facts() -> dict[str, Any]:
     }
 
 
-def _admin(statement: str) -> None:
-    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+def _admin(statement: str, admin_url: URL | str = PG_ADMIN_URL) -> None:
+    """Run one statement (CREATE/DROP DATABASE) on the PostgreSQL admin database, outside a transaction."""
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as connection:
             connection.execute(text(statement))

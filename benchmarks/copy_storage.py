@@ -14,11 +14,11 @@ import time
 import uuid
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 import aiida_sqla_plugin
 from aiida_sqla_plugin.archive import copy_storage
+from bench import _admin  # benchmarks/bench.py, beside this script
 
 _BUILD = """
 import sys
@@ -36,22 +36,13 @@ with backend.transaction(write=True) as session:
 """
 
 
-def _admin(admin_url: str, statement: str) -> None:
-    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as connection:
-            connection.execute(text(statement))
-    finally:
-        engine.dispose()
-
-
 def main(admin_url: str, nodes: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="copy-bench-"))
     name = f"copy_bench_{uuid.uuid4().hex[:8]}"
     source_url = f"sqlite:///{work / 'source.sqlite'}"
     subprocess.run([sys.executable, "-c", _BUILD, source_url, str(work / "source-objects"), str(nodes)], check=True)
     source = aiida_sqla_plugin.Profile("source", "sqlalchemy", {"url": source_url, "repository": str(work / "source-objects")})
-    _admin(admin_url, f'CREATE DATABASE "{name}"')
+    _admin(f'CREATE DATABASE "{name}"', admin_url)
     try:
         pg_url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
         server = aiida_sqla_plugin.Profile("server", "sqlalchemy", {"url": pg_url, "repository": str(work / "server-objects")})
@@ -64,7 +55,7 @@ def main(admin_url: str, nodes: int) -> None:
             print(f"{label}: {seconds:.1f} s, peak {peak:.0f} MB, rows {result.rows}", flush=True)
     finally:
         aiida_sqla_plugin.dispose_engines()
-        _admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', admin_url)
 
 
 if __name__ == "__main__":
