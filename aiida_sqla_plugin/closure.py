@@ -503,29 +503,30 @@ def _node_on_cycle(connection: Connection) -> int:
 
 @contextlib.contextmanager
 def closure_bulk_load(connection: Connection) -> Iterator[None]:
-    """A block that fills an empty ``db_dbpath`` in bulk: on PostgreSQL its key and indexes are dropped for the
-    block and rebuilt (then analysed) after it, which is far faster than maintaining them row by row."""
-    if connection.dialect.name != "postgresql":
-        yield
-        return
+    """A block that fills an empty ``db_dbpath`` in bulk (in key order): its (ancestor, descendant) index is
+    dropped for the block and built after it, and on PostgreSQL its key too (then the table is analysed), which
+    is far faster than maintaining them row by row. SQLite keeps the key: it is the table itself."""
+    postgresql = connection.dialect.name == "postgresql"
     paths = table_of(DbPath)
     # Plain DDL: SQLAlchemy's DropConstraint would also detach the key from the shared Table for later create_all.
     key = f'"{paths.primary_key.name}" PRIMARY KEY ({", ".join(column.name for column in paths.primary_key)})'
     for index in paths.indexes:
         index.drop(connection)
-    connection.exec_driver_sql(f'ALTER TABLE db_dbpath DROP CONSTRAINT "{paths.primary_key.name}"')
+    if postgresql:
+        connection.exec_driver_sql(f'ALTER TABLE db_dbpath DROP CONSTRAINT "{paths.primary_key.name}"')
     yield
-    connection.exec_driver_sql(f"ALTER TABLE db_dbpath ADD CONSTRAINT {key}")
+    if postgresql:
+        connection.exec_driver_sql(f"ALTER TABLE db_dbpath ADD CONSTRAINT {key}")
     for index in paths.indexes:
         index.create(connection)
-    connection.exec_driver_sql("ANALYZE db_dbpath")
+    if postgresql:
+        connection.exec_driver_sql("ANALYZE db_dbpath")
 
 
 def _copy_into_closure(connection: Connection) -> int:
-    """Copy the computed pairs into ``db_dbpath`` (in key order for SQLite, which keeps its indexes meanwhile;
-    PostgreSQL's are rebuilt after the copy, which sorts anyway)."""
-    order = " ORDER BY src, dst" if connection.dialect.name == "sqlite" else ""
-    copy = f"INSERT INTO db_dbpath (parent_id, child_id, path_count) SELECT src, dst, n FROM tc_closure{order}"
+    """Copy the computed pairs into ``db_dbpath`` in its key order, (descendant, ancestor): SQLite's table is
+    clustered on that key, and PostgreSQL's heap gets the same order (see :class:`~aiida_sqla_plugin.models.DbPath`)."""
+    copy = "INSERT INTO db_dbpath (parent_id, child_id, path_count) SELECT src, dst, n FROM tc_closure ORDER BY dst, src"
     with closure_bulk_load(connection):
         rows = connection.exec_driver_sql(copy).rowcount
     return int(rows or 0)
@@ -720,7 +721,7 @@ def _add_batch(connection: Connection, link_types: frozenset[str], link_ids: Ite
         )
         wave = (
             f"INSERT INTO db_dbpath (parent_id, child_id, path_count) SELECT a, d, sum(c) FROM ({paths}) AS new_paths"
-            " WHERE true GROUP BY a, d ORDER BY a, d"
+            " WHERE true GROUP BY a, d ORDER BY d, a"  # the table's key order
             " ON CONFLICT (parent_id, child_id) DO UPDATE SET path_count = db_dbpath.path_count + excluded.path_count"
         )
         round_statements = [

@@ -72,6 +72,10 @@ __all__ = (
 
 #: Milliseconds a SQLite connection waits for another process's write lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 60_000
+#: Page cache of each SQLite connection, in KiB (SQLite's default is 2 MiB). A large write (bulk store, closure
+#: install or deletion) modifies more pages than 2 MiB hold, and SQLite then spills them to the WAL and reads them
+#: back mid-transaction; pages are allocated only as used, so small work costs no more memory.
+SQLITE_CACHE_KIB = 32_768
 #: Words in a sqlite3 error that mean the file is damaged, not busy.
 _CORRUPT_MARKERS = ("malformed", "not a database", "corrupt")
 #: Tables of which one marks a SQLite file as this plugin's, whose journal mode may be changed (SQL tuple literal).
@@ -280,7 +284,8 @@ def _switch_to_wal(cursor: Any) -> None:
 
 
 def _configure_sqlite(engine: Engine) -> None:
-    """Foreign keys, WAL, a busy timeout and transactions that begin (deferred) when SQLAlchemy says so."""
+    """Foreign keys, WAL, a busy timeout, a larger page cache and transactions that begin (deferred) when
+    SQLAlchemy says so."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -291,6 +296,7 @@ def _configure_sqlite(engine: Engine) -> None:
             _switch_to_wal(cursor)
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         finally:
             cursor.close()
 

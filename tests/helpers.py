@@ -19,7 +19,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 import aiida_sqla_plugin
 from aiida_sqla_plugin.backend import SqlaBackend
 from aiida_sqla_plugin.manager import SqlaBackendManager
-from aiida_sqla_plugin.models import DbLink, DbNode, DbUser
+from aiida_sqla_plugin.models import DbLink, DbNode, DbPath, DbUser
 from aiida_sqla_plugin.session import application_name
 
 def _shared_archives() -> Path:
@@ -96,6 +96,37 @@ def insert_links(connection: Connection, edges: Iterable[Edge]) -> None:
     """Store links with one Core executemany, labelled ``l<input>_<output>``."""
     rows = [{"input_id": u, "output_id": v, "type": kind, "label": f"l{u}_{v}"} for u, v, kind in edges]
     connection.execute(insert(DbLink.__table__), rows)  # type: ignore[arg-type]
+
+
+def closure(connection: Connection) -> dict[tuple[int, int], int]:
+    """``db_dbpath`` as a dict: (ancestor, descendant) -> number of paths."""
+    return {(p, c): n for p, c, n in connection.execute(select(DbPath.parent_id, DbPath.child_id, DbPath.path_count))}
+
+
+def insert_ladder_from_its_end(connection: Connection, ids: list[int]) -> None:
+    """``create`` links from each node to the next two (path counts are Fibonacci numbers), one statement per
+    source from the last to the first: with the closure installed its pairs arrive grouped by ancestor."""
+    for i in reversed(range(len(ids) - 1)):
+        insert_links(connection, [(ids[i], ids[j], "create") for j in (i + 1, i + 2) if j < len(ids)])
+
+
+def closure_layout(connection: Connection) -> dict[str, Any]:
+    """db_dbpath's key and index columns, whether SQLite clusters it on its key, and on PostgreSQL how closely the
+    heap follows child_id (1.0: stored in descendant order)."""
+    schema = sqlalchemy_inspect(connection)
+    layout: dict[str, Any] = {
+        "key": schema.get_pk_constraint("db_dbpath")["constrained_columns"],
+        "indexes": [index["column_names"] for index in schema.get_indexes("db_dbpath")],
+    }
+    if connection.dialect.name == "sqlite":
+        sql = connection.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'db_dbpath'").scalar_one()
+        layout["clustered"] = "WITHOUT ROWID" in sql.upper()
+    else:
+        connection.exec_driver_sql("ANALYZE db_dbpath")
+        layout["clustered"] = connection.exec_driver_sql(
+            "SELECT correlation FROM pg_stats WHERE tablename = 'db_dbpath' AND attname = 'child_id'"
+        ).scalar_one() > 0.99
+    return layout
 
 
 def database_fingerprint(url: URL | str) -> dict[str, int]:

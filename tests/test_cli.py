@@ -295,15 +295,15 @@ def test_version_migrate_and_info(new_profile: CliProfile, dialect: str) -> None
 @pytest.mark.slow
 def test_migrate_from_an_older_revision_shows_each_step(migrated: CliProfile) -> None:
     history = run_script("alembic", "history").stdout
-    assert "main_0001" in history and "main_0003 (head)" in history
-    assert "main_0003" in run_script("alembic", "current").stdout
+    assert "main_0001" in history and "main_0004 (head)" in history
+    assert "main_0004" in run_script("alembic", "current").stdout
     assert "Database revision now: main_0001" in invoke("alembic", "downgrade", "main_0001", "--force").stdout
     version = json.loads(invoke("storage", "version", "--json", code=4).stdout)
     assert version["state"] == "behind" and version["database_revision"] == "main_0001"
     assert "is behind the code" in one_error_line(invoke("storage", "info", code=4).stderr)
     result = invoke("storage", "migrate", "--force")
-    assert "Applied main_0002 -> main_0003" in result.stdout
-    assert json.loads(invoke("storage", "version", "--json").stdout)["database_revision"] == "main_0003"
+    assert "Applied main_0003 -> main_0004" in result.stdout
+    assert json.loads(invoke("storage", "version", "--json").stdout)["database_revision"] == "main_0004"
     assert "stamp" in invoke("alembic", "stamp", "nonsense", "--force", code=1).stderr
     assert "exactly one REVISION" in invoke("alembic", "upgrade", code=2).stderr
 
@@ -490,7 +490,7 @@ def test_script_json_goes_to_stdout_alone_and_errors_are_one_line(database_url: 
     assert json.loads(result.stdout)["state"] == "not_initialised"
     assert "storage migrate" in one_error_line(result.stderr)  # the cause, on stderr
     migrated = run_script("-p", "s", "storage", "migrate", "--force")
-    assert "Applied empty -> main_0003" in migrated.stdout
+    assert "Applied empty -> main_0004" in migrated.stdout
     info = run_script("storage", "info", "--json")
     assert json.loads(info.stdout)["counts"]["nodes"] == 0 and info.stderr == ""
 
@@ -529,7 +529,7 @@ def test_progress_bars_only_on_a_terminal_and_never_on_stdout(tmp_path: Path) ->
     code, stdout, terminal = _run_with_terminal_stderr("storage", "migrate", "--force")
     assert code == 0
     assert "migrating" in terminal and "100%" in terminal
-    assert "migrating" not in stdout and "Applied empty -> main_0003" in stdout
+    assert "migrating" not in stdout and "Applied empty -> main_0004" in stdout
 
     run_script("profile", "create", "quiet", "--url", f"sqlite:///{tmp_path / 'quiet.sqlite'}")
     code, stdout, terminal = _run_with_terminal_stderr("-p", "quiet", "storage", "migrate", "--force", "--quiet")

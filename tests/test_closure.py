@@ -33,7 +33,7 @@ from aiida_sqla_plugin.closure import (
 from aiida_sqla_plugin.exceptions import NotExistent, ValidationError
 from aiida_sqla_plugin.links import DEFAULT_CLOSURE_LINK_TYPES
 from aiida_sqla_plugin.models import DbLink, DbNode, DbPath, DbSetting, DbUser
-from helpers import insert_links, insert_nodes
+from helpers import closure, insert_links, insert_nodes
 
 LINKS = DbLink.__table__
 NODES = DbNode.__table__
@@ -48,11 +48,6 @@ CYCLE_ERRORS = (IntegrityError, InternalError)
 def add_nodes(connection: Connection, user_id: int, count: int) -> list[int]:
     """Store ``count`` nodes; returns their ids in order."""
     return insert_nodes(connection, [{"node_type": "data.core.int.Int.", "user_id": user_id} for _ in range(count)])
-
-
-def closure(connection: Connection) -> dict[tuple[int, int], int]:
-    """``db_dbpath`` as a dict."""
-    return {(p, c): n for p, c, n in connection.execute(select(PATHS.c.parent_id, PATHS.c.child_id, PATHS.c.path_count))}
 
 
 def expected_closure(edges: Iterable[Edge], types: Iterable[str] = DEFAULT_CLOSURE_LINK_TYPES) -> dict[tuple[int, int], int]:
@@ -732,8 +727,8 @@ def test_install_rebuilds_the_closure_indexes_and_leaves_the_model_intact(instal
         rebuild_tc(session)
     with installed.connect() as connection:
         schema = inspect_schema(connection)
-        assert schema.get_pk_constraint("db_dbpath")["constrained_columns"] == ["parent_id", "child_id"]
-        assert [index["column_names"] for index in schema.get_indexes("db_dbpath")] == [["child_id", "parent_id"]]
+        assert schema.get_pk_constraint("db_dbpath")["constrained_columns"] == ["child_id", "parent_id"]
+        assert [index["column_names"] for index in schema.get_indexes("db_dbpath")] == [["parent_id", "child_id"]]
         assert closure(connection) == {(a, b): 1, (b, c): 1, (a, c): 1}
     ddl = str(CreateTable(PATHS).compile(installed))
-    assert "PRIMARY KEY (parent_id, child_id)" in ddl
+    assert "PRIMARY KEY (child_id, parent_id)" in ddl

@@ -96,7 +96,7 @@ def sqlite_integrity(profile: aiida_sqla_plugin.Profile) -> str:
 
 @pytest.fixture
 def shipped_head(profile: aiida_sqla_plugin.Profile) -> aiida_sqla_plugin.Profile:
-    """The profile's database migrated to the shipped head (``main_0003``), no engine left open."""
+    """The profile's database migrated to the shipped head (``main_0004``), no engine left open."""
     SqlaBackendManager(profile).migrate()
     aiida_sqla_plugin.dispose_engines()
     return profile
@@ -111,7 +111,7 @@ def test_killed_migration_keeps_completed_revisions_and_a_second_run_finishes(sh
     finally:
         first.kill()
     # PostgreSQL commits each revision on its own: test_0003 stays; SQLite runs the migration in one transaction.
-    expected = ("test_0003", {"test_quick"}) if dialect == "postgresql" else ("main_0003", set())
+    expected = ("test_0003", {"test_quick"}) if dialect == "postgresql" else ("main_0004", set())
     assert schema(profile) == expected
     if dialect == "sqlite":
         assert sqlite_integrity(profile) == "ok"

@@ -27,7 +27,7 @@ from aiida_sqla_plugin.reports import count_entities
 from aiida_sqla_plugin.synthetic import build_graph
 from aiida_sqla_plugin.utils import install_tc
 
-from helpers import new_profile
+from helpers import closure, closure_layout, insert_ladder_from_its_end, insert_nodes, new_profile, node_rows, user_pk
 
 
 def _content(engine) -> list[tuple[str, str, str]]:
@@ -188,6 +188,21 @@ def test_maintain_full_reclaims_space_after_deleting_half(backend: SqlaBackend):
     assert done.bytes_reclaimed > 0 and done.size_after < done.size_before
     assert maintain(backend).bytes_reclaimed >= 0
     assert count_entities(backend.engine)["nodes"] == 2000
+
+
+def test_maintain_full_rewrites_the_closure_in_its_key_order(backend: SqlaBackend, user: object):
+    install_tc(backend.get_session())
+    backend.close()
+    with backend.engine.begin() as connection:
+        ids = insert_nodes(connection, node_rows(user_pk(backend), 60))
+        insert_ladder_from_its_end(connection, ids)
+        before = closure(connection)
+    with backend.engine.connect() as connection:
+        assert closure_layout(connection)["clustered"] == (backend.engine.dialect.name == "sqlite")
+    report = maintain(backend, full=True)
+    assert any(action.startswith("CLUSTER db_dbpath") for action in report.actions) == (backend.engine.dialect.name == "postgresql")
+    with backend.engine.connect() as connection:
+        assert closure(connection) == before and closure_layout(connection)["clustered"]
 
 
 # ---------------------------------------------------------------------------------------------------- CLI

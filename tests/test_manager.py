@@ -45,7 +45,7 @@ def test_alembic_config_yields_a_live_connection(backend: SqlaBackend) -> None:
 def test_schema_versions(backend: SqlaBackend) -> None:
     manager = backend.backend_manager
     head = ScriptDirectory.from_config(new_alembic_config()).get_current_head()
-    assert manager.get_schema_version_code() == head == "main_0003"
+    assert manager.get_schema_version_code() == head == "main_0004"
     assert manager.get_schema_version_database() == head
     assert manager.get_schema_version_reset("1") == "main_0002"
     with pytest.raises(ValidationError, match="unknown schema generation '7'"):
@@ -109,7 +109,7 @@ def test_reset_and_private_load_backend_environment(backend: SqlaBackend) -> Non
 
 def test_private_migrate_database_version(empty_backend: SqlaBackend) -> None:
     manager = empty_backend.backend_manager
-    assert manager._migrate_database_version() == ["main_0003"]
+    assert manager._migrate_database_version() == ["main_0004"]
     assert manager._migrate_database_version() == []
     assert "db_dbpath" in inspect(get_engine()).get_table_names()
 

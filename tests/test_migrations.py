@@ -1,6 +1,7 @@
 """Alembic migrations: same schema as ``create_all``, up and down, version checks, locks and failures."""
 from __future__ import annotations
 
+import ast
 import datetime
 import inspect as pyinspect
 import multiprocessing
@@ -13,7 +14,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
+from sqlalchemy import delete, inspect, text
 from sqlalchemy.engine import Connection
 
 import aiida_sqla_plugin
@@ -24,11 +25,13 @@ from aiida_sqla_plugin.bulk import bulk_insert
 from aiida_sqla_plugin.exceptions import DatabaseMigrationError, IncompatibleDatabaseSchema, SchemaAhead, ValidationError
 from aiida_sqla_plugin.manage import alembic_command_names, execute_alembic_command
 from aiida_sqla_plugin.manager import SqlaBackendManager, new_alembic_config
-from aiida_sqla_plugin.models import Base, DbNode, DbUser
+from aiida_sqla_plugin.closure import install_tc, rebuild_tc
+from aiida_sqla_plugin.models import Base, DbLink, DbNode, DbUser
 from aiida_sqla_plugin.queries import SqlaQueryManager
 from aiida_sqla_plugin.session import sqlite_write_options
+from helpers import closure, closure_layout, insert_ladder_from_its_end, insert_links, insert_nodes, node_rows
 
-FIRST, CLOSURE, HEAD = "main_0001", "main_0002", "main_0003"
+FIRST, CLOSURE, DAY, HEAD = "main_0001", "main_0002", "main_0003", "main_0004"
 
 
 def snapshot(connection: Connection) -> dict[str, dict[str, Any]]:
@@ -129,7 +132,7 @@ def test_schema_has_the_aiida_rules(backend: SqlaBackend) -> None:
 def test_each_revision_goes_up_and_down(empty_backend: SqlaBackend) -> None:
     script = ScriptDirectory.from_config(new_alembic_config())
     revisions = [script.revision for script in reversed(list(script.walk_revisions()))]
-    assert revisions == [FIRST, CLOSURE, HEAD]
+    assert revisions == [FIRST, CLOSURE, DAY, HEAD]
     seen = [current_snapshot()]
     for step in revisions:
         execute_alembic_command("upgrade", revision=step)
@@ -161,12 +164,65 @@ def test_creation_day_revision_up_and_down_keeps_the_statistics(empty_backend: S
     assert [manager.get_creation_statistics(user) for user in (None, *users)] == before
 
 
+def test_closure_revision_reorders_the_pairs_and_keeps_them_and_the_triggers(empty_backend: SqlaBackend) -> None:
+    execute_alembic_command("upgrade", revision=DAY)
+    install_tc(empty_backend.get_session(), backfill=False)  # the triggers, on an empty closure
+    empty_backend.close()
+    (user,) = bulk_insert(empty_backend, DbUser, [{"email": "a@example.org"}])
+    with get_engine().begin() as connection:
+        ids = insert_nodes(connection, node_rows(user, 60))
+        insert_ladder_from_its_end(connection, ids)
+    with get_engine().connect() as connection:
+        before = closure(connection)
+        assert closure_layout(connection) == {"key": ["parent_id", "child_id"], "indexes": [["child_id", "parent_id"]], "clustered": False}
+    assert len(before) == 59 * 60 // 2 and before[(ids[0], ids[59])] == 1548008755920  # paths from the first to the last: Fibonacci(60)
+
+    execute_alembic_command("upgrade", revision=HEAD)
+    with get_engine().connect() as connection:
+        assert closure(connection) == before
+        assert closure_layout(connection) == {"key": ["child_id", "parent_id"], "indexes": [["parent_id", "child_id"]], "clustered": True}
+    assert metadata_diffs() == []
+    with get_engine().begin() as connection:  # the triggers survived the table swap: a new link updates the closure
+        (last,) = insert_nodes(connection, node_rows(user, 1))
+        insert_links(connection, [(ids[59], last, "create")])
+        assert closure(connection)[(ids[0], last)] == 1548008755920
+
+    execute_alembic_command("downgrade", revision=DAY)
+    with get_engine().begin() as connection:
+        assert closure_layout(connection)["key"] == ["parent_id", "child_id"]
+        insert_links(connection, [(ids[58], last, "input_calc")])  # and the triggers survived the way back
+        assert closure(connection)[(ids[0], last)] == 1548008755920 + 956722026041
+        connection.execute(delete(DbLink).where(DbLink.output_id == last))
+        assert closure(connection) == before
+
+
+def test_install_writes_the_closure_in_its_key_order(backend: SqlaBackend) -> None:
+    """Linked from the end, a ladder's pairs arrive by ancestor; a reinstall stores them by descendant again."""
+    install_tc(backend.get_session())
+    backend.close()
+    (user,) = bulk_insert(backend, DbUser, [{"email": "a@example.org"}])
+    with get_engine().begin() as connection:
+        ids = insert_nodes(connection, node_rows(user, 60))
+        insert_ladder_from_its_end(connection, ids)
+        before = closure(connection)
+    if backend.engine.dialect.name == "postgresql":
+        with get_engine().connect() as connection:
+            assert not closure_layout(connection)["clustered"]
+    rebuild_tc(backend.get_session())
+    backend.close()
+    with get_engine().connect() as connection:
+        assert closure(connection) == before
+        assert closure_layout(connection) == {"key": ["child_id", "parent_id"], "indexes": [["parent_id", "child_id"]], "clustered": True}
+
+
 def test_every_revision_has_a_downgrade() -> None:
     script = ScriptDirectory.from_config(new_alembic_config())
     assert len(script.get_heads()) == 1 and len(script.get_bases()) == 1
     for entry in script.walk_revisions():
-        source = pyinspect.getsource(entry.module.downgrade)
-        assert "op." in source, f"revision {entry.revision} has no real downgrade"
+        (function,) = ast.parse(textwrap.dedent(pyinspect.getsource(entry.module.downgrade))).body
+        assert isinstance(function, ast.FunctionDef)
+        work = [s for s in function.body if not isinstance(s, ast.Pass) and not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+        assert work, f"revision {entry.revision} has no real downgrade"
 
 
 def test_uninitialised_database(empty_backend: SqlaBackend) -> None:
@@ -200,8 +256,8 @@ def test_database_behind_the_code(empty_backend: SqlaBackend) -> None:
     with pytest.raises(IncompatibleDatabaseSchema, match=f"{FIRST} is behind.*storage migrate"):
         manager.validate_schema(empty_backend.profile)
     steps: list[tuple[str | None, str]] = []
-    assert manager.migrate(on_revision=lambda old, new: steps.append((old, new))) == [CLOSURE, HEAD]
-    assert steps == [(FIRST, CLOSURE), (CLOSURE, HEAD)]
+    assert manager.migrate(on_revision=lambda old, new: steps.append((old, new))) == [CLOSURE, DAY, HEAD]
+    assert steps == [(FIRST, CLOSURE), (CLOSURE, DAY), (DAY, HEAD)]
     manager.validate_schema(empty_backend.profile)
     assert manager.migrate() == []  # nothing left to do
     assert metadata_diffs() == []
@@ -210,7 +266,7 @@ def test_database_behind_the_code(empty_backend: SqlaBackend) -> None:
 def test_set_schema_version_database(backend: SqlaBackend) -> None:
     manager = backend.backend_manager
     before = current_snapshot()
-    with pytest.raises(DatabaseMigrationError, match="'main_9999'.*known revisions: main_0003, main_0002, main_0001"):
+    with pytest.raises(DatabaseMigrationError, match="'main_9999'.*known revisions: main_0004, main_0003, main_0002, main_0001"):
         manager.set_schema_version_database("main_9999")
     assert manager.get_schema_version_database() == HEAD
     manager.set_schema_version_database(FIRST)  # stamps only
@@ -245,7 +301,7 @@ def test_concurrent_migrations_run_each_revision_once(empty_backend: SqlaBackend
     for process in processes:
         process.join(60)
     assert [process.exitcode for process in processes] == [0, 0]
-    expected = [HEAD] if start_revision is None else [CLOSURE, HEAD]
+    expected = [HEAD] if start_revision is None else [CLOSURE, DAY, HEAD]
     assert sorted(applied, key=len) == [[], expected]  # one process migrated, the other found nothing to do
     assert revision(empty_backend) == HEAD
     assert metadata_diffs() == []
@@ -280,14 +336,14 @@ def test_migration_lock_timeout(empty_backend: SqlaBackend, dialect: str) -> Non
 FAILING_REVISION = '''
 """A revision that fails half-way.
 
-Revision ID: main_0004
-Revises: main_0003
+Revision ID: test_failing
+Revises: main_0004
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "main_0004"
-down_revision = "main_0003"
+revision = "test_failing"
+down_revision = "main_0004"
 branch_labels = None
 depends_on = None
 
@@ -307,11 +363,11 @@ def test_failed_revision_leaves_the_last_good_one(
 ) -> None:
     migrations = tmp_path / "migrations"
     shutil.copytree(manager_module.migrations_directory(), migrations, ignore=shutil.ignore_patterns("__pycache__"))
-    (migrations / "versions" / "main_0004_failing.py").write_text(textwrap.dedent(FAILING_REVISION))
+    (migrations / "versions" / "test_failing.py").write_text(textwrap.dedent(FAILING_REVISION))
     monkeypatch.setattr(manager_module, "migrations_directory", lambda: str(migrations))
     execute_alembic_command("upgrade", revision=FIRST)
     manager = empty_backend.backend_manager
-    assert manager.get_schema_version_code() == "main_0004"
+    assert manager.get_schema_version_code() == "test_failing"
 
     with pytest.raises(DatabaseMigrationError, match=f"migration from {FIRST} failed.*disk on fire"):
         manager.migrate()
@@ -322,7 +378,7 @@ def test_failed_revision_leaves_the_last_good_one(
     else:  # SQLite migrates in one transaction
         assert revision(empty_backend) == FIRST and "db_dbpath" not in tables
 
-    (migrations / "versions" / "main_0004_failing.py").unlink()  # the fix
+    (migrations / "versions" / "test_failing.py").unlink()  # the fix
     manager.migrate()
     assert revision(empty_backend) == HEAD
     manager.validate_schema()
@@ -336,7 +392,7 @@ def test_execute_alembic_command(empty_backend: SqlaBackend, capsys: pytest.Capt
     execute_alembic_command("heads")
     assert f"{HEAD} (head)" in capsys.readouterr().out
     execute_alembic_command("history")
-    assert f"{CLOSURE} -> {HEAD}" in capsys.readouterr().out
+    assert f"{DAY} -> {HEAD}" in capsys.readouterr().out
     execute_alembic_command("stamp", revision=HEAD)
     assert revision(empty_backend) == HEAD
     assert "db_dbpath" not in current_snapshot()  # stamped, not migrated

@@ -76,6 +76,7 @@ def test_wheel_installed_elsewhere_migrates_a_new_database(source_tree: Path, tm
         "aiida_sqla_plugin/migrations/versions/main_0001_core_provenance_tables.py",
         "aiida_sqla_plugin/migrations/versions/main_0002_closure_table.py",
         "aiida_sqla_plugin/migrations/versions/main_0003_creation_day.py",
+        "aiida_sqla_plugin/migrations/versions/main_0004_closure_by_descendant.py",
     } <= names
 
     target = tmp_path / "target"
@@ -87,7 +88,7 @@ def test_wheel_installed_elsewhere_migrates_a_new_database(source_tree: Path, tm
     report = json.loads(output.strip().splitlines()[-1])
     assert report["package"].startswith(str(target))
     assert report["migrations"].startswith(str(target)) and report["mako"] is True
-    assert report["applied"] == [report["code"]] and report["database"] == report["code"] == "main_0003"
+    assert report["applied"] == [report["code"]] and report["database"] == report["code"] == "main_0004"
     assert report["entry_point"] == "aiida_sqla_plugin.hooks"
 
 
@@ -103,6 +104,7 @@ def test_sdist_carries_the_migrations(source_tree: Path, tmp_path: Path) -> None
         "migrations/versions/main_0001_core_provenance_tables.py",
         "migrations/versions/main_0002_closure_table.py",
         "migrations/versions/main_0003_creation_day.py",
+        "migrations/versions/main_0004_closure_by_descendant.py",
         "setup.cfg",
         "README.md",
         "aiida_sqla_plugin/hooks.py",

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 import aiida_sqla_plugin
 from aiida_sqla_plugin import Profile, get_engine, get_scoped_session, reset_session
-from aiida_sqla_plugin.session import SQLITE_BUSY_TIMEOUT_MS, get_current_profile
+from aiida_sqla_plugin.session import SQLITE_BUSY_TIMEOUT_MS, SQLITE_CACHE_KIB, get_current_profile
 
 from helpers import create_postgres_database, drop_postgres_database
 
@@ -120,6 +120,7 @@ def test_sqlite_pragmas_on_every_connection(profile: Profile) -> None:
             assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
             assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == SQLITE_BUSY_TIMEOUT_MS
+            assert connection.exec_driver_sql("PRAGMA cache_size").scalar() == -SQLITE_CACHE_KIB
     finally:
         for connection in connections:
             connection.close()

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from ..archive._export import referenced_object_keys
 from ..backend import SqlaBackend, get_backend
 from ..exceptions import StorageInUse
-from ..models import DbPath
+from ..models import DbPath, table_of
 from ..objectstore import object_store_for
 
 __all__ = ("MaintenanceReport", "maintain")
@@ -93,8 +93,11 @@ def _maintain_postgres(engine: Engine, full: bool, dry_run: bool) -> Maintenance
                 "SELECT relname, pg_total_relation_size(relid) * n_dead_tup / greatest(n_live_tup + n_dead_tup, 1) "
                 "FROM pg_stat_user_tables WHERE n_dead_tup > 0 ORDER BY relname"
             ).all()
-            tables = [str(row[0]) for row in dead]
-            actions = [f"VACUUM FULL {name}" for name in tables] + ["ANALYZE", f"REINDEX TABLE {DbPath.__tablename__}"] if full else ["ANALYZE"]
+            tables = [str(row[0]) for row in dead if row[0] != DbPath.__tablename__]
+            # The closure is rewritten in its key (descendant) order, which also reclaims its space and rebuilds
+            # its indexes: deletions and reinsertions scatter its pairs over time (see models.DbPath).
+            closure = f"CLUSTER {DbPath.__tablename__} USING {table_of(DbPath).primary_key.name}"
+            actions = [f"VACUUM FULL {name}" for name in tables] + [closure, "ANALYZE"] if full else ["ANALYZE"]
             if dry_run:
                 estimate = sum(int(row[1]) for row in dead) if full else 0
                 return MaintenanceReport(estimate, before, before, full, True, actions)
@@ -110,7 +113,7 @@ def _maintain_postgres(engine: Engine, full: bool, dry_run: bool) -> Maintenance
                 quote = connection.dialect.identifier_preparer.quote
                 for name in tables:
                     connection.exec_driver_sql(f"VACUUM FULL {quote(name)}")
-                connection.exec_driver_sql(f"REINDEX TABLE {DbPath.__tablename__}")
+                connection.exec_driver_sql(closure)
             connection.exec_driver_sql("ANALYZE")
             after = int(connection.exec_driver_sql(_PG_SIZE).scalar_one())
     finally:

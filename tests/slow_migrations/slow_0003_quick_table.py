@@ -1,7 +1,7 @@
 """Test-only revision: one quick table, so that a later revision has a completed one before it.
 
 Revision ID: test_0003
-Revises: main_0003
+Revises: main_0004
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "test_0003"
-down_revision = "main_0003"
+down_revision = "main_0004"
 branch_labels = None
 depends_on = None
 
