@@ -231,15 +231,17 @@ UTC_CREATION_DAY = {"sqlite": "substr(ctime, 1, 10)", "postgresql": "CAST(timezo
 #: (day, type, user) order turns the GROUP BY into one ordered index scan. PostgreSQL's planner never chose such an
 #: index over a parallel heap scan; what it lacked was the number of distinct (day, type) pairs (it sorted 1M rows
 #: on disk instead of hashing 200 groups), which ndistinct statistics give it at no cost to inserts.
+#: Per dialect, the name of that object: an index on SQLite, a statistics object on PostgreSQL.
+CREATION_DAY_NAME = {"sqlite": "ix_db_dbnode_creation_day", "postgresql": "st_db_dbnode_creation_day"}
 CREATION_DAY_DDL = {
     "sqlite": (
-        f"CREATE INDEX ix_db_dbnode_creation_day ON db_dbnode ({UTC_CREATION_DAY['sqlite']}, node_type, user_id)",
-        "DROP INDEX ix_db_dbnode_creation_day",
+        f"CREATE INDEX {CREATION_DAY_NAME['sqlite']} ON db_dbnode ({UTC_CREATION_DAY['sqlite']}, node_type, user_id)",
+        f"DROP INDEX {CREATION_DAY_NAME['sqlite']}",
     ),
     "postgresql": (
-        "CREATE STATISTICS st_db_dbnode_creation_day (ndistinct) "
+        f"CREATE STATISTICS {CREATION_DAY_NAME['postgresql']} (ndistinct) "
         f"ON ({UTC_CREATION_DAY['postgresql']}), node_type FROM db_dbnode",
-        "DROP STATISTICS st_db_dbnode_creation_day",
+        f"DROP STATISTICS {CREATION_DAY_NAME['postgresql']}",
     ),
 }
 for _dialect, (_create, _) in CREATION_DAY_DDL.items():  # create_all of a new database; main_0003 for older ones

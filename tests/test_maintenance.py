@@ -23,6 +23,7 @@ from aiida_sqla_plugin.maintenance import (
     restore,
     verify_backup,
 )
+from aiida_sqla_plugin.models import CREATION_DAY_DDL
 from aiida_sqla_plugin.reports import count_entities
 from aiida_sqla_plugin.synthetic import build_graph
 from aiida_sqla_plugin.utils import install_tc
@@ -170,6 +171,27 @@ def test_closure_audit_catches_a_changed_path_count_and_fix_rebuilds(backend: Sq
 def test_schema_difference_is_found(backend: SqlaBackend):
     _raw(backend, ["CREATE TABLE stray (id integer PRIMARY KEY)"])
     assert [finding.kind for finding in check_integrity(backend)] == ["schema_differs"]
+
+
+def test_layout_differences_alembic_does_not_see_are_found(backend: SqlaBackend, dialect: str):
+    """A missing creation-day index or statistics, a closure key in the wrong order, a SQLite closure with rowids."""
+    create, drop = CREATION_DAY_DDL[dialect]
+    _raw(backend, [drop])
+    (finding,) = check_integrity(backend)
+    assert finding.kind == "schema_differs" and f"creation-day {'index' if dialect == 'sqlite' else 'statistics'}" in finding.description
+    _raw(backend, [create])
+    assert check_integrity(backend) == []
+    columns = "parent_id INTEGER NOT NULL, child_id INTEGER NOT NULL, path_count BIGINT NOT NULL"
+    if dialect == "sqlite":
+        _raw(backend, ["DROP TABLE db_dbpath", f"CREATE TABLE db_dbpath ({columns}, PRIMARY KEY (child_id, parent_id))",
+                       "CREATE INDEX ix_db_dbpath_parent_id_child_id ON db_dbpath (parent_id, child_id)"])
+        expected = "db_dbpath is not a WITHOUT ROWID table"
+    else:
+        _raw(backend, ["ALTER TABLE db_dbpath DROP CONSTRAINT db_dbpath_pkey",
+                       "ALTER TABLE db_dbpath ADD CONSTRAINT db_dbpath_pkey PRIMARY KEY (parent_id, child_id)"])
+        expected = "primary key of db_dbpath is ['parent_id', 'child_id'], not ['child_id', 'parent_id']"
+    (finding,) = check_integrity(backend)
+    assert finding.kind == "schema_differs" and finding.count == 1 and expected in finding.description
 
 
 def test_maintain_full_reclaims_space_after_deleting_half(backend: SqlaBackend):

@@ -26,7 +26,7 @@ from aiida_sqla_plugin.exceptions import DatabaseMigrationError, IncompatibleDat
 from aiida_sqla_plugin.manage import alembic_command_names, execute_alembic_command
 from aiida_sqla_plugin.manager import SqlaBackendManager, new_alembic_config
 from aiida_sqla_plugin.closure import install_tc, rebuild_tc
-from aiida_sqla_plugin.models import Base, DbLink, DbNode, DbUser
+from aiida_sqla_plugin.models import CREATION_DAY_NAME, Base, DbLink, DbNode, DbUser
 from aiida_sqla_plugin.queries import SqlaQueryManager
 from aiida_sqla_plugin.session import sqlite_write_options
 from helpers import closure, closure_layout, insert_ladder_from_its_end, insert_links, insert_nodes, node_rows
@@ -80,10 +80,10 @@ def has_creation_day_schema() -> bool:
     """Whether the database holds the creation-day index (SQLite) or statistics (PostgreSQL) of main_0003."""
     with get_engine().connect() as connection:
         if connection.dialect.name == "sqlite":
-            query = "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'ix_db_dbnode_creation_day'"
+            query = "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = ?"
         else:
-            query = "SELECT count(*) FROM pg_statistic_ext WHERE stxname = 'st_db_dbnode_creation_day'"
-        return connection.exec_driver_sql(query).scalar_one() == 1
+            query = "SELECT count(*) FROM pg_statistic_ext WHERE stxname = %s"
+        return connection.exec_driver_sql(query, (CREATION_DAY_NAME[connection.dialect.name],)).scalar_one() == 1
 
 
 def revision(backend: SqlaBackend) -> str | None:

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SAWarning
 
 from ..backend import SqlaBackend, get_backend
 from ..closure import _backfill, installed_link_types, rebuild_tc
-from ..models import Base
+from ..models import CREATION_DAY_NAME, Base
 
 __all__ = ("Finding", "check_integrity", "RULES")
 
@@ -121,15 +121,43 @@ def _rule_finding(connection: Connection, kind: str, description: str, query: st
     return Finding(kind, int(row[0]), [int(pk) for pk in examples], description)
 
 
+def _layout_differences(connection: Connection) -> list[str]:
+    """What alembic's comparison does not see: primary-key column order, SQLite ``WITHOUT ROWID`` tables and the
+    creation-day index or statistics (``models.CREATION_DAY_DDL``)."""
+    dialect = connection.dialect.name
+    schema = inspect(connection)
+    tables = set(schema.get_table_names())
+    differences = []
+    for table in Base.metadata.sorted_tables:
+        if table.name not in tables:
+            continue  # reported by compare_metadata
+        key = schema.get_pk_constraint(table.name)["constrained_columns"]
+        if key != [column.name for column in table.primary_key]:
+            differences.append(f"primary key of {table.name} is {key}, not {[column.name for column in table.primary_key]}")
+        if dialect == "sqlite" and table.dialect_options["sqlite"]["with_rowid"] is False:
+            sql = connection.exec_driver_sql("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table.name,)).scalar_one()
+            if "WITHOUT ROWID" not in sql.upper():
+                differences.append(f"{table.name} is not a WITHOUT ROWID table")
+    name = CREATION_DAY_NAME[dialect]
+    query = (
+        "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = ?"
+        if dialect == "sqlite"
+        else "SELECT count(*) FROM pg_statistic_ext WHERE stxname = %s AND stxnamespace = current_schema()::regnamespace"
+    )
+    if not connection.exec_driver_sql(query, (name,)).scalar_one():
+        differences.append(f"the creation-day {'index' if dialect == 'sqlite' else 'statistics'} {name} is missing")
+    return differences
+
+
 def _schema_finding(connection: Connection) -> Finding | None:
-    """Differences between the database's tables, columns, indexes and constraints and the models' metadata."""
+    """Differences between the database's tables, columns, keys, indexes and constraints and the models'."""
     context = MigrationContext.configure(connection, opts={"compare_type": False})
     with warnings.catch_warnings():  # the SQLite creation-day index is an expression index, outside the metadata too
         warnings.filterwarnings("ignore", "Skipped unsupported reflection of expression-based index", SAWarning)
-        differences = compare_metadata(context, Base.metadata)
+        differences: list[object] = [*compare_metadata(context, Base.metadata), *_layout_differences(connection)]
     if not differences:
         return None
-    shown = "; ".join(repr(difference)[:120] for difference in differences[:EXAMPLES])
+    shown = "; ".join((d if isinstance(d, str) else repr(d))[:120] for d in differences[:EXAMPLES])
     return Finding("schema_differs", len(differences), [], f"schema differs from what the migrations create: {shown}")
 
 
