@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -194,13 +194,18 @@ def ancestry(backend: SqlaBackend, pk: int, repeat: int) -> dict[str, Any]:
     }
 
 
+def newest_tenth(node_ids: Sequence[int]) -> list[int]:
+    """The last tenth of ``node_ids`` (stored in creation order): the nodes the deletion benchmarks start from."""
+    return list(node_ids[len(node_ids) - len(node_ids) // 10 :])
+
+
 def delete_newest_tenth(backend: SqlaBackend, node_ids: tuple[int, ...]) -> dict[str, Any]:
     """Delete the newest 10% of the nodes with the default rules (dry_run=False); returns counts and time.
 
     The newest tenth, not a random one: deleting a data node takes everything derived from it, so a random
     sample of an old graph would take almost all of it along.
     """
-    requested = list(node_ids[len(node_ids) - len(node_ids) // 10 :])
+    requested = newest_tenth(node_ids)
     backend.close()
     seconds, (deleted, done) = timed(lambda: delete_nodes(requested, dry_run=False, backend=backend))
     backend.close()
@@ -375,10 +380,14 @@ def _closure_matches_recompute(backend: SqlaBackend) -> bool:
     return differ == 0
 
 
-def raw_pairs_seconds(backend: SqlaBackend) -> float:
-    """The closure's (ancestor, descendant, count) rows from Python to committed rows of an indexed table of the
-    same shape (``db_dbpath``'s own definition under another name: key, index, SQLite ``WITHOUT ROWID``), in its
-    key order, through COPY text built in Python (PostgreSQL) or ``executemany`` (SQLite); streamed in chunks."""
+def raw_pairs_seconds(backend: SqlaBackend, deleted: set[int]) -> tuple[float, float]:
+    """The raw driver on the closure's own rows: (load, delete) seconds, each with its commit.
+
+    Load: the (ancestor, descendant, count) rows from Python to committed rows of an indexed table of the same
+    shape (``db_dbpath``'s own definition under another name: key, index, SQLite ``WITHOUT ROWID``), in its key
+    order, through COPY text built in Python (PostgreSQL) or ``executemany`` (SQLite); streamed in chunks.
+    Delete: one ``DELETE`` of the pairs whose descendant is in ``deleted`` from that table, the ids as one
+    parameter (what a deletion with the closure must remove at the least)."""
     dialect = backend.engine.dialect.name
     paths = table_of(DbPath)
     (index,) = paths.indexes
@@ -394,7 +403,6 @@ def raw_pairs_seconds(backend: SqlaBackend) -> float:
         raw_table.drop(connection, checkfirst=True)
         raw_table.create(connection)
         rows = connection.exec_driver_sql("SELECT parent_id, child_id, path_count FROM db_dbpath ORDER BY child_id, parent_id").all()
-    seconds = 0.0
     with backend.engine.begin() as connection:
         cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         start = time.perf_counter()
@@ -405,11 +413,19 @@ def raw_pairs_seconds(backend: SqlaBackend) -> float:
                 cursor.copy_expert("COPY bench_raw_path FROM STDIN", io.StringIO(text_rows), size=1 << 16)
             else:
                 cursor.executemany("INSERT INTO bench_raw_path VALUES (?, ?, ?)", chunk)
-    seconds = time.perf_counter() - start  # the commit included
+    load_seconds = time.perf_counter() - start  # the commit included
     del rows
     with backend.engine.begin() as connection:
+        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        start = time.perf_counter()
+        if dialect == "postgresql":
+            cursor.execute("DELETE FROM bench_raw_path WHERE child_id = ANY(%s)", (sorted(deleted),))
+        else:
+            cursor.execute("DELETE FROM bench_raw_path WHERE child_id IN (SELECT value FROM json_each(?))", (json.dumps(sorted(deleted)),))
+    delete_seconds = time.perf_counter() - start
+    with backend.engine.begin() as connection:
         raw_table.drop(connection)
-    return seconds
+    return load_seconds, delete_seconds
 
 
 def _peer_store(backend: SqlaBackend, peer: Any, graph: dict[str, Any]) -> tuple[float, float, list[int]]:
@@ -472,7 +488,9 @@ def _peer_closure_block(
         timings["closure_install"] = install_seconds
         with backend.engine.connect() as connection:
             checks["closure_pairs"] = connection.exec_driver_sql("SELECT count(*) FROM db_dbpath").scalar_one()
-        timings["raw_closure_pairs"] = raw_pairs_seconds(backend)
+        deleted, _ = delete_nodes(newest_tenth(ids), dry_run=True, backend=backend)
+        backend.close()
+        timings["raw_closure_pairs"], timings["raw_closure_pair_delete"] = raw_pairs_seconds(backend, deleted)
         target = ids[ancestors_target_index]
         timings["ancestors_with_closure"], closure_ancestors = best(lambda: get_ancestors([target], backend=backend), repeat)
         if ancestors is not None:
@@ -490,6 +508,10 @@ def _closure_ratios(timings: dict[str, float]) -> dict[str, float]:
         "closure_install_to_raw_pairs": round(timings["closure_install"] / timings["raw_closure_pairs"], 2),
         "store_links_with_closure_to_without": round(timings["store_links_with_closure"] / timings["store_links"], 2),
         "delete_with_closure_to_without": round(timings["delete_10_percent_with_closure"] / timings["delete_10_percent"], 2),
+        "store_links_with_closure_to_raw_pairs": round(timings["store_links_with_closure"] / timings["raw_closure_pairs"], 2),
+        "delete_closure_extra_to_raw_pair_delete": round(
+            (timings["delete_10_percent_with_closure"] - timings["delete_10_percent"]) / timings["raw_closure_pair_delete"], 2
+        ),
     }
 
 
