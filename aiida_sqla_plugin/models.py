@@ -227,12 +227,12 @@ class DbNode(Base):
 #: text), a date on PostgreSQL. The creation statistics group by exactly this text, and the schema object below is
 #: keyed on it, so the two must stay equal (SQLite matches an expression index only against an identical expression).
 UTC_CREATION_DAY = {"sqlite": "substr(ctime, 1, 10)", "postgresql": "CAST(timezone('UTC', ctime) AS DATE)"}
+#: Per dialect, the name of the schema object below: an index on SQLite, a statistics object on PostgreSQL.
+CREATION_DAY_NAME = {"sqlite": "ix_db_dbnode_creation_day", "postgresql": "st_db_dbnode_creation_day"}
 #: Per dialect, (create, drop) of what makes the creation statistics fast. SQLite has no hash aggregate: an index in
 #: (day, type, user) order turns the GROUP BY into one ordered index scan. PostgreSQL's planner never chose such an
 #: index over a parallel heap scan; what it lacked was the number of distinct (day, type) pairs (it sorted 1M rows
 #: on disk instead of hashing 200 groups), which ndistinct statistics give it at no cost to inserts.
-#: Per dialect, the name of that object: an index on SQLite, a statistics object on PostgreSQL.
-CREATION_DAY_NAME = {"sqlite": "ix_db_dbnode_creation_day", "postgresql": "st_db_dbnode_creation_day"}
 CREATION_DAY_DDL = {
     "sqlite": (
         f"CREATE INDEX {CREATION_DAY_NAME['sqlite']} ON db_dbnode ({UTC_CREATION_DAY['sqlite']}, node_type, user_id)",

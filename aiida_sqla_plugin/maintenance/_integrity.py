@@ -131,9 +131,9 @@ def _layout_differences(connection: Connection) -> list[str]:
     for table in Base.metadata.sorted_tables:
         if table.name not in tables:
             continue  # reported by compare_metadata
-        key = schema.get_pk_constraint(table.name)["constrained_columns"]
-        if key != [column.name for column in table.primary_key]:
-            differences.append(f"primary key of {table.name} is {key}, not {[column.name for column in table.primary_key]}")
+        key, expected = schema.get_pk_constraint(table.name)["constrained_columns"], [c.name for c in table.primary_key]
+        if key != expected:
+            differences.append(f"primary key of {table.name} is {key}, not {expected}")
         if dialect == "sqlite" and table.dialect_options["sqlite"]["with_rowid"] is False:
             sql = connection.exec_driver_sql("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table.name,)).scalar_one()
             if "WITHOUT ROWID" not in sql.upper():
